@@ -1,0 +1,173 @@
+"""Typed configuration: TOML loaded into the frozen dataclasses of each package.
+
+Each package owns one frozen dataclass with its defaults (`model.config.ModelConfig`,
+...); this module composes them into `AppConfig` and converts TOML into them with strict
+checking, so a typo fails loudly instead of silently running on a default.
+
+Range limits live beside the defaults as field metadata: ``{"ge": 1}``, ``{"gt": 0.0}``,
+``{"le": 1.0}``, ``{"lt": ...}``. Cross-field rules live in each dataclass's
+``__post_init__`` (raising ValueError), which this loader reports with the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from inttower.errors import ConfigError
+from model.config import ModelConfig, TrainConfig
+from stream.movielens import MovieLensImport
+from stream.synthetic import SyntheticLogConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how the importers build click logs."""
+
+    movielens: MovieLensImport = field(default_factory=MovieLensImport)
+    synthetic: SyntheticLogConfig = field(default_factory=SyntheticLogConfig)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """`inttower demo`: how much synthetic traffic and which models to compare."""
+
+    events: int = field(default=200_000, metadata={"ge": 1000})
+    max_epochs: int = field(default=3, metadata={"ge": 1})
+    models: tuple[Literal["inttower", "two_tower", "lr"], ...] = ("two_tower", "inttower")
+    test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The whole configuration of one inttower process."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+_RANGE_CHECKS: dict[str, tuple[str, typing.Callable[[Any, Any], bool]]] = {
+    "ge": (">=", lambda v, b: v >= b),
+    "gt": (">", lambda v, b: v > b),
+    "le": ("<=", lambda v, b: v <= b),
+    "lt": ("<", lambda v, b: v < b),
+}
+
+
+def load_config(path: str | Path) -> AppConfig:
+    """Read ``path`` (TOML) into an `AppConfig`; raise `ConfigError` on any problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(AppConfig, raw, source=str(path))
+
+
+def default_config() -> AppConfig:
+    """The embedded defaults (what `make demo` runs on)."""
+    return AppConfig()
+
+
+T = typing.TypeVar("T")
+
+
+def config_from_dict(cls: type[T], data: Any, source: str, key_path: str = "") -> T:
+    """Build dataclass ``cls`` from a TOML table, checking keys, types and ranges."""
+    where = key_path or "<top level>"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where}: expected a table, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = _join(key_path, unknown[0])
+        raise ConfigError(f"{source}: {key}: unknown key (expected one of: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = _join(key_path, name)
+        converted = _convert(hints[name], value, source, key)
+        _check_range(fields[name], converted, source, key)
+        kwargs[name] = converted
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return config_from_dict(tp, value, source, key)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            choices = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{source}: {key}: expected one of {choices}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(option, value, source, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{source}: {key}: expected {_type_name(tp)}, got {_describe(value)}"
+        )
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key}: expected a list of {_type_name(args[0])}, got {_describe(value)}")
+        return tuple(_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key}: expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"config type {tp!r} at {key} is not supported by the loader")  # a bug, not user error
+
+
+def _check_range(f: dataclasses.Field, value: Any, source: str, key: str) -> None:
+    if value is None:
+        return
+    for name, (symbol, ok) in _RANGE_CHECKS.items():
+        bound = f.metadata.get(name)
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"{source}: {key}: expected a value {symbol} {bound}, got {value!r}")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "a table", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    return f"{kind.get(type(value), type(value).__name__)} ({value!r})" if not isinstance(value, (dict, list)) else kind[type(value)]

@@ -1,0 +1,83 @@
+"""What every pre-ranking model offers: decoupled encoders, a scorer and a training loss.
+
+The split is the point of a pre-ranker: ``encode_items`` reads item features only, so
+item vectors can be computed ahead of time and stored in an index; ``encode_user`` runs
+once per request; ``score`` combines them cheaply. ``score`` broadcasts: a user batch
+of size 1 scores against N items, or B users pair row-wise with B items.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model.features import FeatureBatch, TowerInputs
+
+
+@dataclass
+class ModelOutput:
+    """Logits for a batch plus what the contrastive term needs (None when unused)."""
+
+    logits: torch.Tensor  # (B,)
+    cir_user: torch.Tensor | None = None  # (B, D) last-layer user representation
+    cir_item: torch.Tensor | None = None  # (B, D) last-layer item representation
+
+
+@dataclass
+class LossParts:
+    """The terms of eq 12, kept apart so they can be logged and checked for finiteness."""
+
+    total: torch.Tensor
+    bce: torch.Tensor
+    cir: torch.Tensor
+    l2: torch.Tensor
+
+
+class PreRanker(nn.Module, ABC):
+    """Base class of IntTower, the two-tower baseline and logistic regression."""
+
+    @abstractmethod
+    def encode_user(self, user: TowerInputs) -> torch.Tensor:
+        """What scoring needs from the user side, computed once per user."""
+
+    @abstractmethod
+    def encode_items(self, item: TowerInputs) -> torch.Tensor:
+        """Item vectors from item features only: (N, H, p), the shape the index stores."""
+
+    @abstractmethod
+    def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits for user/item pairs (broadcast over a user batch of 1)."""
+
+    @abstractmethod
+    def user_tower(self) -> list[nn.Module]:
+        """Modules that run on the user side at serving time (for parameter counts)."""
+
+    def forward(self, batch: FeatureBatch) -> ModelOutput:
+        return ModelOutput(self.score(self.encode_user(batch.user), self.encode_items(batch.item)))
+
+    def regularization(self) -> torch.Tensor:
+        """The lambda_2 ||Theta||^2 term of eq 12 (already weighted); zero by default."""
+        return torch.zeros((), device=self.device)
+
+    def cir_term(self, output: ModelOutput, batch: FeatureBatch) -> torch.Tensor:
+        """The lambda_1 L_cir term of eq 12 (already weighted); zero by default."""
+        return torch.zeros((), device=output.logits.device)
+
+    def loss(self, batch: FeatureBatch, output: ModelOutput | None = None) -> LossParts:
+        """Eq 12: L_ctr (eq 11, mean BCE) + lambda_1 L_cir + lambda_2 ||Theta||^2."""
+        output = self(batch) if output is None else output
+        bce = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
+        cir = self.cir_term(output, batch)
+        l2 = self.regularization()
+        return LossParts(total=bce + cir + l2, bce=bce, cir=cir, l2=l2)
+
+    def user_tower_parameters(self) -> int:
+        return sum(p.numel() for m in self.user_tower() for p in m.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

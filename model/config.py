@@ -1,0 +1,110 @@
+"""Configuration of the model package: the feature spec, the model and its training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FeatureKind = Literal["categorical", "multi_categorical", "numeric"]
+Tower = Literal["user", "item"]
+
+
+@dataclass(frozen=True)
+class FeatureField:
+    """One input field: where it is read from, how it is encoded, which tower owns it.
+
+    The value is read from the event's ``user`` struct for user-tower fields (or
+    ``context`` if ``source = "context"``) and from ``item`` for item-tower fields.
+    Categorical values are hashed into ``buckets`` rows (id 0 is reserved for missing /
+    padding); numeric values are standardised with ``mean`` and ``std``.
+    """
+
+    name: str
+    kind: FeatureKind
+    tower: Tower
+    buckets: int = field(default=100_000, metadata={"ge": 2})
+    max_len: int = field(default=8, metadata={"ge": 1})
+    mean: float = 0.0
+    std: float = field(default=1.0, metadata={"gt": 0.0})
+    log1p: bool = False
+    source: Literal["tower", "context"] = "tower"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("feature name must not be empty")
+        if self.source == "context" and self.tower != "user":
+            raise ValueError(f"feature {self.name!r}: context fields belong to the user tower")
+
+
+def _default_features() -> tuple[FeatureField, ...]:
+    """The synthetic stream's fields (`stream.synthetic`): the embedded demo default."""
+    return (
+        FeatureField("user_id", "categorical", "user", buckets=50_000),
+        FeatureField("segment", "categorical", "user", buckets=1_000),
+        FeatureField("age_bucket", "categorical", "user", buckets=100),
+        FeatureField("device", "categorical", "user", buckets=100),
+        FeatureField("item_id", "categorical", "item", buckets=50_000),
+        FeatureField("category", "categorical", "item", buckets=1_000),
+        FeatureField("tags", "multi_categorical", "item", buckets=10_000, max_len=4),
+        FeatureField("price", "numeric", "item", mean=3.0, std=1.0, log1p=True),
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model, its shapes, and the switches of each IntTower part (paper section 4).
+
+    ``light_se``: "paper" is eqs 3-5 (E * softmax(Wz + b)); "residual" is the authors'
+    code (E + E * a); "off" drops Light-SE. ``fe_block = false`` scores with the
+    two-tower inner product instead (the ablation). ``cir_weight`` is lambda_1 of eq 12
+    (0 turns CIR off); ``l2_embedding`` is lambda_2, applied to the embedding tables.
+    ``similarity``: "cosine" (the paper's text) normalises each head and scales the mean
+    of the per-head maxima by a learnable temperature; "dot" is the authors' raw sum.
+    """
+
+    kind: Literal["inttower", "two_tower", "lr"] = "inttower"
+    features: tuple[FeatureField, ...] = field(default_factory=_default_features)
+    embedding_dim: int = field(default=32, metadata={"ge": 1})
+    hidden: tuple[int, ...] = (300, 300, 128)
+    dropout: float = field(default=0.2, metadata={"ge": 0.0, "lt": 1.0})
+    batch_norm: bool = True
+    embedding_init_std: float = field(default=1e-2, metadata={"gt": 0.0})
+    linear_init_std: float | None = None  # None: PyTorch's defaults; the authors' code uses 1e-4
+    light_se: Literal["paper", "residual", "off"] = "residual"
+    fe_block: bool = True
+    fe_user_layers: Literal["layer_inputs", "layer_outputs"] = "layer_inputs"
+    heads: int = field(default=4, metadata={"ge": 1})
+    head_dim: int = field(default=32, metadata={"ge": 1})
+    similarity: Literal["cosine", "dot"] = "cosine"
+    initial_scale: float = field(default=10.0, metadata={"gt": 0.0})
+    cir_weight: float = field(default=0.1, metadata={"ge": 0.0})
+    cir_temperature: float = field(default=0.1, metadata={"gt": 0.0})
+    l2_embedding: float = field(default=1e-5, metadata={"ge": 0.0})
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"feature names must be unique, repeated: {', '.join(duplicates)}")
+        for tower in ("user", "item"):
+            if not any(f.tower == tower for f in self.features):
+                raise ValueError(f"the {tower} tower needs at least one feature")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must be a non-empty list of positive integers, got {list(self.hidden)}")
+
+    def tower_fields(self, tower: Tower) -> tuple[FeatureField, ...]:
+        return tuple(f for f in self.features if f.tower == tower)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by the offline reproduction and the online trainer."""
+
+    learning_rate: float = field(default=1e-3, metadata={"gt": 0.0})
+    batch_size: int = field(default=2048, metadata={"ge": 1})
+    max_epochs: int = field(default=10, metadata={"ge": 1})
+    patience: int = field(default=3, metadata={"ge": 1})
+    validation_fraction: float = field(default=0.1, metadata={"gt": 0.0, "lt": 1.0})
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present, else "cpu"; or "cpu", "cuda", "cuda:1"
+    threads: int = field(default=0, metadata={"ge": 0})  # torch CPU threads; 0 = torch's default

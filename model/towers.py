@@ -1,0 +1,130 @@
+"""Building blocks shared by every tower: field embeddings and the MLP of eq 1."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.config import FeatureField
+from model.features import TowerInputs
+from model.hashing import PADDING_ID
+
+
+class FieldEmbeddings(nn.Module):
+    """One embedding table per categorical field of a tower; lists are mean-pooled.
+
+    Output ``E`` is (B, F, d) over the tower's F categorical + multi-categorical fields,
+    in spec order; numeric fields are not embedded (the towers append them, as the
+    authors' code does). Row 0 of every table is the padding / missing row: it is kept at
+    zero, so a missing value contributes nothing.
+    """
+
+    def __init__(self, fields: tuple[FeatureField, ...], dim: int, init_std: float) -> None:
+        super().__init__()
+        self.sparse_fields = tuple(f for f in fields if f.kind != "numeric")
+        self.numeric_fields = tuple(f for f in fields if f.kind == "numeric")
+        self.dim = dim
+        self.tables = nn.ModuleDict(
+            {f.name: nn.Embedding(f.buckets, dim, padding_idx=PADDING_ID) for f in self.sparse_fields}
+        )
+        for table in self.tables.values():
+            nn.init.normal_(table.weight, std=init_std)
+            with torch.no_grad():
+                table.weight[PADDING_ID].zero_()
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.sparse_fields)
+
+    @property
+    def num_numeric(self) -> int:
+        return len(self.numeric_fields)
+
+    def forward(self, inputs: TowerInputs) -> torch.Tensor:
+        columns = []
+        for f in self.sparse_fields:
+            table = self.tables[f.name]
+            if f.kind == "categorical":
+                columns.append(table(inputs.categorical[f.name]))
+            else:
+                ids = inputs.multi[f.name]
+                mask = (ids != PADDING_ID).unsqueeze(-1).to(table.weight.dtype)
+                pooled = (table(ids) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+                columns.append(pooled)
+        if not columns:
+            return inputs.numeric.new_zeros((len(inputs), 0, self.dim))
+        return torch.stack(columns, dim=1)
+
+    def squared_norm(self) -> torch.Tensor:
+        """Sum of squared embedding weights: the lambda_2 term of eq 12."""
+        squares = [t.weight.pow(2).sum() for t in self.tables.values()]
+        return torch.stack(squares).sum() if squares else torch.zeros(())
+
+
+class MLPTower(nn.Module):
+    """Eq 1 with the authors' layer order: Linear, BatchNorm, ReLU, Dropout per layer.
+
+    `forward` returns every layer's input and the final output, because FE-Block
+    projects the user tower's intermediate layers.
+    """
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], dropout: float, batch_norm: bool) -> None:
+        super().__init__()
+        layers = []
+        dims = (in_dim, *hidden)
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            block: list[nn.Module] = [nn.Linear(d_in, d_out)]
+            if batch_norm:
+                block.append(nn.BatchNorm1d(d_out))
+            block += [nn.ReLU(), nn.Dropout(dropout)]
+            layers.append(nn.Sequential(*block))
+        self.layers = nn.ModuleList(layers)
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        inputs = []
+        for layer in self.layers:
+            inputs.append(x)
+            x = layer(x)
+        return inputs, x
+
+
+class TowerEncoder(nn.Module):
+    """One tower up to its last hidden layer: embeddings, optional field attention, MLP.
+
+    ``attention`` (IntTower's Light-SE, or None) re-weights the (B, F, d) field
+    embeddings before they are flattened and joined with the numeric fields.
+    """
+
+    def __init__(
+        self,
+        fields: tuple[FeatureField, ...],
+        embedding_dim: int,
+        embedding_init_std: float,
+        hidden: tuple[int, ...],
+        dropout: float,
+        batch_norm: bool,
+        attention: "type[nn.Module] | None" = None,
+    ) -> None:
+        super().__init__()
+        self.embeddings = FieldEmbeddings(fields, embedding_dim, embedding_init_std)
+        self.attention = attention(self.embeddings.num_fields) if attention is not None else None
+        in_dim = self.embeddings.num_fields * embedding_dim + self.embeddings.num_numeric
+        self.mlp = MLPTower(in_dim, hidden, dropout, batch_norm)
+
+    def forward(self, inputs: TowerInputs) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every MLP layer's input and the last layer's output."""
+        e = self.embeddings(inputs)
+        if self.attention is not None:
+            e = self.attention(e)
+        return self.mlp(torch.cat([e.flatten(1), inputs.numeric], dim=1))
+
+
+def init_linear_(module: nn.Module, std: float | None) -> None:
+    """Re-initialise every Linear weight as N(0, std) (the authors' 1e-4); None keeps torch's."""
+    if std is None:
+        return
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,96 @@
+"""The two-tower baseline of section 3 (eqs 1-2) and a logistic-regression baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model.base import PreRanker
+from model.config import ModelConfig
+from model.features import TowerInputs
+from model.inttower import FEBlock
+from model.towers import FieldEmbeddings, TowerEncoder, init_linear_
+
+
+class TwoTower(PreRanker):
+    """h_u = L2Norm(MLP(e_u)), h_v likewise; logit = scale * h_u . h_v + b (eq 2).
+
+    The learnable scale and bias turn the cosine in [-1, 1] into a calibrated logit, so
+    its logloss is comparable with IntTower's. Vectors take the index's (N, H, p) shape
+    with one head, so the same sum-of-max scorer (which reduces to the inner product for
+    a single head) serves both models.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.user_encoder, self.item_encoder = (
+            TowerEncoder(
+                config.tower_fields(tower), config.embedding_dim, config.embedding_init_std,
+                config.hidden, config.dropout, config.batch_norm,
+            )
+            for tower in ("user", "item")
+        )
+        self.fe = FEBlock("cosine", 1, 1, config.initial_scale)
+        init_linear_(self, config.linear_init_std)
+
+    def encode_user(self, user: TowerInputs) -> torch.Tensor:
+        _, out = self.user_encoder(user)
+        return F.normalize(out, dim=-1).view(out.shape[0], 1, 1, -1)  # (B, 1, 1, D)
+
+    def encode_items(self, item: TowerInputs) -> torch.Tensor:
+        _, out = self.item_encoder(item)
+        return F.normalize(out, dim=-1).view(out.shape[0], 1, -1)  # (N, 1, D)
+
+    def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.fe(user, items)
+
+    def user_tower(self) -> list[nn.Module]:
+        return [self.user_encoder]
+
+    def regularization(self) -> torch.Tensor:
+        embeddings = self.user_encoder.embeddings.squared_norm() + self.item_encoder.embeddings.squared_norm()
+        return self.config.l2_embedding * embeddings
+
+
+class LogisticRegression(PreRanker):
+    """logit = sum of one weight per field value + w . numeric + b, split by tower.
+
+    Each side reduces to one scalar, so items are still pre-computable: the "vector"
+    of an item is its (1, 1) partial logit.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.user_weights = FieldEmbeddings(config.tower_fields("user"), 1, config.embedding_init_std)
+        self.item_weights = FieldEmbeddings(config.tower_fields("item"), 1, config.embedding_init_std)
+        self.user_numeric = _numeric_weights(self.user_weights.num_numeric)
+        self.item_numeric = _numeric_weights(self.item_weights.num_numeric)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    @staticmethod
+    def _side(weights: FieldEmbeddings, numeric: nn.Linear | None, inputs: TowerInputs) -> torch.Tensor:
+        logit = weights(inputs).sum(dim=(1, 2))
+        return logit if numeric is None else logit + numeric(inputs.numeric).squeeze(-1)
+
+    def encode_user(self, user: TowerInputs) -> torch.Tensor:
+        return self._side(self.user_weights, self.user_numeric, user).view(-1, 1, 1, 1)
+
+    def encode_items(self, item: TowerInputs) -> torch.Tensor:
+        return self._side(self.item_weights, self.item_numeric, item).view(-1, 1, 1)
+
+    def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (user.reshape(-1) + items.reshape(-1)) + self.bias
+
+    def user_tower(self) -> list[nn.Module]:
+        return [m for m in (self.user_weights, self.user_numeric) if m is not None]
+
+    def regularization(self) -> torch.Tensor:
+        return self.config.l2_embedding * (self.user_weights.squared_norm() + self.item_weights.squared_norm())
+
+
+
+def _numeric_weights(count: int) -> nn.Linear | None:
+    return nn.Linear(count, 1, bias=False) if count else None

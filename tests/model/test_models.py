@@ -1,0 +1,106 @@
+"""The models' contracts: decoupled item vectors, switchable parts, the loss of eq 12."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from model.build import build_model
+from model.config import ModelConfig
+from model.features import FeatureEncoder
+from model.inttower import IntTower, LightSE
+from tests.conftest import make_synthetic_like_table
+
+SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4)
+
+
+def _batch(rows=64, seed=0):
+    return FeatureEncoder(SMALL.features).encode(make_synthetic_like_table(rows, seed))
+
+
+@pytest.mark.parametrize("kind", ["inttower", "two_tower", "lr"])
+def test_item_vector_is_bit_identical_whatever_else_is_in_the_batch(kind):
+    torch.manual_seed(0)
+    model = build_model(replace(SMALL, kind=kind))
+    batch = _batch(64)
+    model.train()
+    model.loss(batch).total.backward()  # moves BatchNorm running stats off their defaults
+    model.eval()
+    alone = model.encode_items(batch.item.select(slice(5, 6)))
+    with_others = model.encode_items(batch.item)[5:6]
+    other_batch = _batch(64, seed=9).item
+    mixed = model.encode_items(
+        type(other_batch)(
+            {k: torch.cat([v[:10], batch.item.categorical[k][5:6], v[10:]]) for k, v in other_batch.categorical.items()},
+            {k: torch.cat([v[:10], batch.item.multi[k][5:6], v[10:]]) for k, v in other_batch.multi.items()},
+            torch.cat([other_batch.numeric[:10], batch.item.numeric[5:6], other_batch.numeric[10:]]),
+        )
+    )[10:11]
+    assert torch.equal(alone, with_others)
+    assert torch.equal(alone, mixed)
+
+
+@pytest.mark.parametrize("kind", ["inttower", "two_tower", "lr"])
+def test_score_of_encoded_parts_equals_forward(kind):
+    torch.manual_seed(0)
+    model = build_model(replace(SMALL, kind=kind)).eval()
+    batch = _batch(16)
+    logits = model(batch).logits
+    torch.testing.assert_close(model.score(model.encode_user(batch.user), model.encode_items(batch.item)), logits)
+    # one user against every candidate equals that user paired row by row
+    one_user = model.encode_user(batch.user.select(slice(3, 4)))
+    items = model.encode_items(batch.item)
+    paired = model.score(one_user.expand(16, *one_user.shape[1:]), items)
+    torch.testing.assert_close(model.score(one_user, items), paired)
+
+
+def test_inttower_switches_remove_their_parts():
+    assert isinstance(IntTower(SMALL).user_encoder.attention, LightSE)
+    assert IntTower(replace(SMALL, light_se="off")).user_encoder.attention is None
+    no_fe = IntTower(replace(SMALL, fe_block=False)).eval()
+    assert no_fe.user_projections is None
+    batch = _batch(8)
+    assert no_fe.encode_items(batch.item).shape == (8, 1, SMALL.hidden[-1])
+    assert IntTower(SMALL).encode_user(batch.user).shape == (8, len(SMALL.hidden), SMALL.heads, SMALL.head_dim)
+
+
+def test_fe_projects_layer_inputs_like_the_authors_code_or_layer_outputs():
+    inputs = IntTower(SMALL)
+    outputs = IntTower(replace(SMALL, fe_user_layers="layer_outputs"))
+    first_in = inputs.user_encoder.mlp.dims[0]
+    assert [p.in_features for p in inputs.user_projections] == [first_in, 16, 16]
+    assert [p.in_features for p in outputs.user_projections] == [16, 16, 8]
+
+
+def test_loss_is_bce_plus_weighted_cir_plus_weighted_l2():
+    torch.manual_seed(0)
+    config = replace(SMALL, cir_weight=0.3, l2_embedding=1e-3)
+    model = IntTower(config)
+    batch = _batch(32)
+    output = model(batch)
+    parts = model.loss(batch, output)
+    from model.inttower import cir_loss
+
+    bce = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
+    cir = cir_loss(output.cir_user, output.cir_item, batch.labels, batch.item_ids, config.cir_temperature)
+    l2 = sum(t.weight.pow(2).sum() for enc in (model.user_encoder, model.item_encoder) for t in enc.embeddings.tables.values())
+    torch.testing.assert_close(parts.total, bce + 0.3 * cir + 1e-3 * l2)
+    assert IntTower(replace(SMALL, cir_weight=0.0)).loss(batch).cir.item() == 0.0
+
+
+def test_two_tower_logit_is_scaled_cosine_plus_bias():
+    torch.manual_seed(0)
+    model = build_model(replace(SMALL, kind="two_tower")).eval()
+    batch = _batch(8)
+    _, u = model.user_encoder(batch.user)
+    _, v = model.item_encoder(batch.item)
+    expected = model.fe.log_scale.exp() * F.cosine_similarity(u, v) + model.fe.bias
+    torch.testing.assert_close(model(batch).logits, expected)
+
+
+def test_user_tower_parameters_count_only_the_user_side():
+    model = IntTower(SMALL)
+    user = sum(p.numel() for p in model.user_encoder.parameters()) + sum(p.numel() for p in model.user_projections.parameters())
+    assert model.user_tower_parameters() == user
+    assert user < sum(p.numel() for p in model.parameters())
