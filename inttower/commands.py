@@ -41,8 +41,10 @@ def run_demo(config: AppConfig, workdir: Path, events: int | None = None) -> Non
     table = read_click_log(log)
     data = FeatureEncoder(config.model.features).encode(table)
     train_config = dataclasses.replace(config.train, max_epochs=config.demo.max_epochs)
-    split = split_rows(len(data), "time", config.demo.test_fraction, train_config.validation_fraction, train_config.seed)
-    print(f"training on the first {len(split.train)} events by time, testing on the last {len(split.test)}")
+    demo = config.demo
+    split = split_rows(len(data), demo.split, demo.test_fraction, train_config.validation_fraction, train_config.seed)
+    how = "a seeded random split" if demo.split == "random" else "time order (test = the latest events)"
+    print(f"{len(split.train)} training, {len(split.validation)} validation and {len(split.test)} test events by {how}")
     rows = []
     for kind in config.demo.models:
         result = train_and_test(dataclasses.replace(config.model, kind=kind), train_config, data, split, progress=True)

@@ -41,6 +41,9 @@ class DemoConfig:
     max_epochs: int = field(default=3, metadata={"ge": 1})
     models: tuple[Literal["inttower", "two_tower", "lr"], ...] = ("two_tower", "inttower")
     test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
+    # "random" is the paper's protocol; "time" tests after the stream's preference shift,
+    # which an offline model cannot follow (the streaming trainer can).
+    split: Literal["random", "time"] = "random"
 
 
 @dataclass(frozen=True)

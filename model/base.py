@@ -56,6 +56,29 @@ class PreRanker(nn.Module, ABC):
     def user_tower(self) -> list[nn.Module]:
         """Modules that run on the user side at serving time (for parameter counts)."""
 
+    @property
+    @abstractmethod
+    def output_bias(self) -> nn.Parameter:
+        """The scalar b of the prediction layer, sigmoid(score + b)."""
+
+    @torch.no_grad()
+    def init_output_bias(self, batch: FeatureBatch) -> None:
+        """Data-dependent start: set b so the mean logit matches the batch's click rate.
+
+        Cosine scores of ReLU towers start well above zero, so with a scale of ~10 the
+        first predictions are all near 1; at a 25% click rate the bias then needs
+        thousands of Adam steps to come down while the towers are pushed around. Starting
+        b at logit(CTR) - mean(score) removes that transient.
+        """
+        # Train mode, as the first steps will run (BatchNorm on batch statistics); the
+        # only side effect is one running-statistics update.
+        was_training = self.training
+        self.train()
+        raw = self(batch).logits - self.output_bias
+        self.train(was_training)
+        ctr = batch.labels.float().mean().clamp(1e-4, 1 - 1e-4)
+        self.output_bias.copy_(torch.logit(ctr) - raw.mean())
+
     def forward(self, batch: FeatureBatch) -> ModelOutput:
         return ModelOutput(self.score(self.encode_user(batch.user), self.encode_items(batch.item)))
 

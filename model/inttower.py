@@ -153,6 +153,10 @@ class IntTower(PreRanker):
             return out.unsqueeze(1)
         return self.item_projection(out).view(out.shape[0], self.config.heads, self.config.head_dim)
 
+    @property
+    def output_bias(self) -> nn.Parameter:
+        return self.fe.bias
+
     # -- the decoupled serving API ----------------------------------------------------
     def encode_user(self, user: TowerInputs) -> torch.Tensor:
         return self.fe.prepare(torch.stack(self._user_heads(user), dim=1))  # (B, L, H, p)

@@ -76,6 +76,7 @@ def fit(
     device = model.device
     best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     history: list[float] = []
+    model.init_output_bias(train.select(slice(0, config.batch_size)).to(device))
     epoch_seconds: list[float] = []
     for epoch in range(1, config.max_epochs + 1):
         model.train()

@@ -49,6 +49,10 @@ class TwoTower(PreRanker):
     def user_tower(self) -> list[nn.Module]:
         return [self.user_encoder]
 
+    @property
+    def output_bias(self) -> nn.Parameter:
+        return self.fe.bias
+
     def regularization(self) -> torch.Tensor:
         embeddings = self.user_encoder.embeddings.squared_norm() + self.item_encoder.embeddings.squared_norm()
         return self.config.l2_embedding * embeddings
@@ -86,6 +90,10 @@ class LogisticRegression(PreRanker):
 
     def user_tower(self) -> list[nn.Module]:
         return [m for m in (self.user_weights, self.user_numeric) if m is not None]
+
+    @property
+    def output_bias(self) -> nn.Parameter:
+        return self.bias
 
     def regularization(self) -> torch.Tensor:
         return self.config.l2_embedding * (self.user_weights.squared_norm() + self.item_weights.squared_norm())

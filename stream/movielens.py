@@ -13,12 +13,15 @@ column fails to parse, the offending line is located afterwards so the error can
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -40,6 +43,7 @@ ML100K_GENRE_FILE = "u.genre"
 MIN_RATING, MAX_RATING = 1, 5
 MS_PER_SECOND = 1000
 INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+MAX_TS_SECONDS = INT64_MAX // MS_PER_SECOND  # larger would overflow once turned into milliseconds
 UNKNOWN_YEAR = 0
 GENDERS = ("M", "F")
 
@@ -60,6 +64,8 @@ ML1M_RATING_SPEC = "UserID::MovieID::Rating::Timestamp"
 ML1M_USER_SPEC = "UserID::Gender::Age::Occupation::Zip"
 ML1M_MOVIE_SPEC = "MovieID::Title::Genres"
 
+#: Stands in for a multi-character separator ("::") so pandas' fast C parser can split ratings.
+FAST_PATH_SEPARATOR = "\t"
 #: Longest excerpt of a bad line quoted in an error message (keeps it to one line).
 MAX_QUOTED_CHARS = 80
 
@@ -132,9 +138,10 @@ def detect_layout(path: Path) -> Layout:
     which files each layout still lacks.
     """
     path = Path(path)
+    if not path.exists():
+        raise DataFormatError(f"{path}: no such directory (expected a GroupLens MovieLens folder)")
     if not path.is_dir():
-        hint = " (unzip the GroupLens archive and pass its folder)" if path.is_file() else ""
-        raise DataFormatError(f"{path}: not a directory{hint}")
+        raise DataFormatError(f"{path}: not a directory (unzip the GroupLens archive and pass its folder)")
     missing = {
         layout: [name for name in names if not (path / name).is_file()]
         for layout, names in LAYOUT_FILES.items()
@@ -221,6 +228,31 @@ def _parse_int(lines: _Lines, values: np.ndarray, what: str) -> np.ndarray:
     return parsed
 
 
+def _parse_int_fields(lines: _Lines, sep: str, spec: str, what: tuple[str, ...]) -> list[np.ndarray]:
+    """Split and parse an all-integer file (the ratings) into int64 columns, one per ``what``.
+
+    Fast path: pandas' C parser over the non-blank lines (so row i is still line
+    ``lines.number[i]``). Anything it rejects or bends goes through the exact path,
+    `_split_fields` + `_parse_int`, which finds and names the first bad line.
+    """
+    if lines.text:
+        text = "\n".join(lines.text)
+        if len(sep) > 1:
+            text = text.replace(sep, FAST_PATH_SEPARATOR)
+        try:
+            frame = pd.read_csv(
+                io.StringIO(text), sep=sep if len(sep) == 1 else FAST_PATH_SEPARATOR, header=None,
+                names=list(range(len(what))), dtype=np.int64, engine="c", quoting=csv.QUOTE_NONE,
+                skip_blank_lines=False, na_filter=False,
+            )
+        except (ValueError, TypeError, OverflowError, pd.errors.ParserError):
+            frame = None
+        if frame is not None and frame.shape == (len(lines.text), len(what)):
+            return [frame[k].to_numpy(dtype=np.int64) for k in range(len(what))]
+    columns = _split_fields(lines, sep, len(what), spec)
+    return [_parse_int(lines, column, name) for column, name in zip(columns, what)]
+
+
 def _check_unique(lines: _Lines, ids: np.ndarray, what: str) -> None:
     """Reject a second row with the same id: the join would be ambiguous."""
     _, first, counts = np.unique(ids, return_index=True, return_counts=True)
@@ -274,18 +306,15 @@ class _Items:
 def _read_ratings(path: Path, sep: str, spec: str) -> _Ratings:
     """Ratings in either layout: four integer fields, rating within 1..5."""
     lines = _read_lines(path)
-    user, item, rating, ts = _split_fields(lines, sep, 4, spec)
-    ratings = _Ratings(
-        lines,
-        _parse_int(lines, user, "user id"),
-        _parse_int(lines, item, "item id"),
-        _parse_int(lines, rating, "rating"),
-        _parse_int(lines, ts, "timestamp"),
-    )
+    ratings = _Ratings(lines, *_parse_int_fields(lines, sep, spec, ("user id", "item id", "rating", "timestamp")))
     out_of_range = (ratings.rating < MIN_RATING) | (ratings.rating > MAX_RATING)
     if out_of_range.any():
         row = int(np.argmax(out_of_range))
         raise lines.error(row, f"rating must be {MIN_RATING}..{MAX_RATING}, got {int(ratings.rating[row])}")
+    bad_time = (ratings.ts_seconds < 0) | (ratings.ts_seconds > MAX_TS_SECONDS)
+    if bad_time.any():
+        row = int(np.argmax(bad_time))
+        raise lines.error(row, f"timestamp must be Unix seconds in 0..{MAX_TS_SECONDS}, got {int(ratings.ts_seconds[row])}")
     return ratings
 
 
