@@ -1,0 +1,72 @@
+"""The CLI end to end: user errors are one line with no traceback; commands write real files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream.clicklog import read_click_log
+from tests.conftest import REPO_ROOT, SHARED_DATA
+
+
+def _run(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inttower.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_config_is_one_line_naming_file_and_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[model]\nheads = -1\n")
+    result = _run("data", "synthetic", str(tmp_path / "x.parquet"), "--config", str(config), "--events", "100")
+    _assert_one_line_user_error(result, "bad.toml", "model.heads", ">= 1")
+
+
+def test_missing_data_directory_is_one_line(tmp_path):
+    result = _run("data", "movielens", str(tmp_path / "nowhere"), str(tmp_path / "out.parquet"))
+    _assert_one_line_user_error(result, "nowhere")
+
+
+def test_malformed_dat_line_names_file_and_line(tmp_path):
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n", encoding="latin-1")
+    (tmp_path / "movies.dat").write_text("1::Toy Story (1995)::Animation|Children's|Comedy\n", encoding="latin-1")
+    (tmp_path / "ratings.dat").write_text("1::1::5::978300760\n2::1::oops::978300761\n", encoding="latin-1")
+    result = _run("data", "movielens", str(tmp_path), str(tmp_path / "out.parquet"))
+    _assert_one_line_user_error(result, "ratings.dat", "line 2")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_synthetic_command_writes_a_valid_click_log(tmp_path):
+    out = tmp_path / "syn.parquet"
+    result = _run("data", "synthetic", str(out), "--events", "5000", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    table = read_click_log(out)
+    assert table.num_rows == 5000
+    assert table.column("event_id")[0].as_py().startswith("syn-3-")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason="ML-100K not present beside the repo")
+def test_movielens_command_imports_ml100k(tmp_path):
+    out = tmp_path / "ml.parquet"
+    result = _run("data", "movielens", str(SHARED_DATA / "ml-100k"), str(out))
+    assert result.returncode == 0, result.stderr
+    assert read_click_log(out).num_rows == 72855
+
+
+@pytest.mark.slow
+def test_demo_trains_models_that_beat_chance(tmp_path):
+    result = _run("demo", "--events", "30000", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    done = [line for line in result.stdout.splitlines() if line.startswith("demo done")]
+    assert done, result.stdout
+    aucs = [float(part.split("AUC")[1]) for part in done[0].split(":", 1)[1].split(",")]
+    assert len(aucs) == 2
+    assert all(auc > 0.6 for auc in aucs), done[0]
