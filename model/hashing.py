@@ -1,6 +1,6 @@
 """Stable, vectorised hashing of categorical values into bounded embedding tables.
 
-Python's ``hash()`` is salted per process, so ids would change across restarts and
+Python's built-in string hashing is salted per process, so ids would change across restarts and
 between the trainer and a serving process. Here every value is canonicalised to its
 UTF-8 string form (so the integer 42 and the string "42" share an id) and hashed with a
 polynomial hash over its bytes followed by the splitmix64 finaliser, all in numpy over

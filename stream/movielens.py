@@ -13,19 +13,26 @@ column fails to parse, the offending line is located afterwards so the error can
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stream.clicklog import ClickLogError
+from stream.delimited import (
+    INT64_MAX,
+    DataFormatError,
+    Lines,
+    check_unique,
+    lookup,
+    parse_int,
+    parse_int_fields,
+    read_lines,
+    split_fields,
+)
 
 Layout = Literal["ml-100k", "ml-1m"]
 
@@ -42,7 +49,6 @@ ML100K_GENRE_FILE = "u.genre"
 #: Ratings are whole stars in this range in both layouts.
 MIN_RATING, MAX_RATING = 1, 5
 MS_PER_SECOND = 1000
-INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 MAX_TS_SECONDS = INT64_MAX // MS_PER_SECOND  # larger would overflow once turned into milliseconds
 UNKNOWN_YEAR = 0
 GENDERS = ("M", "F")
@@ -63,11 +69,6 @@ ML100K_ITEM_SPEC = "id|title|release date|video release date|IMDb URL|19 genre f
 ML1M_RATING_SPEC = "UserID::MovieID::Rating::Timestamp"
 ML1M_USER_SPEC = "UserID::Gender::Age::Occupation::Zip"
 ML1M_MOVIE_SPEC = "MovieID::Title::Genres"
-
-#: Stands in for a multi-character separator ("::") so pandas' fast C parser can split ratings.
-FAST_PATH_SEPARATOR = "\t"
-#: Longest excerpt of a bad line quoted in an error message (keeps it to one line).
-MAX_QUOTED_CHARS = 80
 
 _YEAR_AT_END = re.compile(r"(\d{4})\s*$")  # "01-Jan-1995" (ML-100K release date)
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")  # "Toy Story (1995)" (ML-1M title)
@@ -123,10 +124,6 @@ class MovieLensImport:
             raise ValueError(f"zip_prefix_len must be >= 1, got {self.zip_prefix_len}")
 
 
-class DataFormatError(ClickLogError):
-    """A MovieLens input is missing or malformed; the one-line message names file and line."""
-
-
 # --------------------------------------------------------------------------- layout
 
 
@@ -159,128 +156,12 @@ def detect_layout(path: Path) -> Layout:
     raise DataFormatError(f"{path}: not a MovieLens directory: {details}")
 
 
-# --------------------------------------------------------------------------- line parsing
-
-
-@dataclass(frozen=True)
-class _Lines:
-    """The non-blank lines of one file with their 1-based line numbers, for error messages."""
-
-    file: str
-    text: list[str]
-    number: np.ndarray  # int64, same length as text
-
-    def error(self, row: int, message: str) -> DataFormatError:
-        """An error about row ``row`` (index into ``text``), quoting the line."""
-        quoted = self.text[row]
-        if len(quoted) > MAX_QUOTED_CHARS:
-            quoted = quoted[:MAX_QUOTED_CHARS] + "..."
-        return DataFormatError(f"{self.file} line {int(self.number[row])}: {message}: {quoted!r}")
-
-
-def _read_lines(path: Path) -> _Lines:
-    """Read ``path`` as Latin-1 lines, skipping blank ones but keeping their numbering.
-
-    Splits on "\\n" only (and strips a trailing "\\r"): `str.splitlines` would also split
-    on "\\x85", which is a legal Latin-1 character in a title.
-    """
-    try:
-        raw = path.read_text(encoding=ENCODING)
-    except OSError as exc:
-        raise DataFormatError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    lines = [line.rstrip("\r") for line in raw.split("\n")]
-    keep = [i for i, line in enumerate(lines) if line.strip()]
-    return _Lines(path.name, [lines[i] for i in keep], np.asarray(keep, dtype=np.int64) + 1)
-
-
-def _split_fields(lines: _Lines, sep: str, expected: int, spec: str) -> list[np.ndarray]:
-    """Split every line on ``sep`` into ``expected`` string columns, or name the bad line."""
-    rows = [line.split(sep) for line in lines.text]
-    if not rows:
-        return [np.array([], dtype=str) for _ in range(expected)]
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    wrong = lengths != expected
-    if wrong.any():
-        row = int(np.argmax(wrong))
-        raise lines.error(row, f"expected {expected} fields {spec!r}, got {int(lengths[row])}")
-    return [np.asarray(column, dtype=str) for column in zip(*rows)]
-
-
-def _parse_int(lines: _Lines, values: np.ndarray, what: str) -> np.ndarray:
-    """Convert a string column to int64; on failure find the first bad line and name it.
-
-    The fast path is numpy's C conversion of the whole column; only when it fails do we
-    fall back to checking value by value, which is what pins down the line number.
-    """
-    try:
-        return np.char.strip(values).astype(np.int64)
-    except (ValueError, OverflowError):
-        pass
-    parsed = np.empty(len(values), dtype=np.int64)
-    for i, value in enumerate(values.tolist()):
-        try:
-            number = int(value)
-        except ValueError:
-            raise lines.error(i, f"{what} must be an integer, got {value!r}") from None
-        if not INT64_MIN <= number <= INT64_MAX:
-            raise lines.error(i, f"{what} {number} does not fit in 64 bits")
-        parsed[i] = number
-    return parsed
-
-
-def _parse_int_fields(lines: _Lines, sep: str, spec: str, what: tuple[str, ...]) -> list[np.ndarray]:
-    """Split and parse an all-integer file (the ratings) into int64 columns, one per ``what``.
-
-    Fast path: pandas' C parser over the non-blank lines (so row i is still line
-    ``lines.number[i]``). Anything it rejects or bends goes through the exact path,
-    `_split_fields` + `_parse_int`, which finds and names the first bad line.
-    """
-    if lines.text:
-        text = "\n".join(lines.text)
-        if len(sep) > 1:
-            text = text.replace(sep, FAST_PATH_SEPARATOR)
-        try:
-            frame = pd.read_csv(
-                io.StringIO(text), sep=sep if len(sep) == 1 else FAST_PATH_SEPARATOR, header=None,
-                names=list(range(len(what))), dtype=np.int64, engine="c", quoting=csv.QUOTE_NONE,
-                skip_blank_lines=False, na_filter=False,
-            )
-        except (ValueError, TypeError, OverflowError, pd.errors.ParserError):
-            frame = None
-        if frame is not None and frame.shape == (len(lines.text), len(what)):
-            return [frame[k].to_numpy(dtype=np.int64) for k in range(len(what))]
-    columns = _split_fields(lines, sep, len(what), spec)
-    return [_parse_int(lines, column, name) for column, name in zip(columns, what)]
-
-
-def _check_unique(lines: _Lines, ids: np.ndarray, what: str) -> None:
-    """Reject a second row with the same id: the join would be ambiguous."""
-    _, first, counts = np.unique(ids, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        dup_value = ids[first[np.argmax(counts > 1)]]
-        repeat = int(np.flatnonzero(ids == dup_value)[1])
-        raise lines.error(repeat, f"duplicate {what} {int(dup_value)}")
-
-
-def _lookup(keys: np.ndarray, wanted: np.ndarray, lines: _Lines, what: str, source: str) -> np.ndarray:
-    """Row index in ``keys`` of each ``wanted`` id; name the first rating line with an unknown id."""
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    pos = np.searchsorted(sorted_keys, wanted)
-    pos_clipped = np.minimum(pos, max(len(sorted_keys) - 1, 0))
-    found = (pos < len(sorted_keys)) & (sorted_keys[pos_clipped] == wanted) if len(keys) else np.zeros(len(wanted), bool)
-    if not found.all():
-        row = int(np.argmin(found))
-        raise lines.error(row, f"{what} {int(wanted[row])} is not in {source}")
-    return order[pos_clipped]
-
-
 # --------------------------------------------------------------------------- per-file readers
 
 
 @dataclass(frozen=True)
 class _Ratings:
-    lines: _Lines
+    lines: Lines
     user_id: np.ndarray
     item_id: np.ndarray
     rating: np.ndarray
@@ -305,8 +186,8 @@ class _Items:
 
 def _read_ratings(path: Path, sep: str, spec: str) -> _Ratings:
     """Ratings in either layout: four integer fields, rating within 1..5."""
-    lines = _read_lines(path)
-    ratings = _Ratings(lines, *_parse_int_fields(lines, sep, spec, ("user id", "item id", "rating", "timestamp")))
+    lines = read_lines(path, ENCODING)
+    ratings = _Ratings(lines, *parse_int_fields(lines, sep, spec, ("user id", "item id", "rating", "timestamp")))
     out_of_range = (ratings.rating < MIN_RATING) | (ratings.rating > MAX_RATING)
     if out_of_range.any():
         row = int(np.argmax(out_of_range))
@@ -318,7 +199,7 @@ def _read_ratings(path: Path, sep: str, spec: str) -> _Ratings:
     return ratings
 
 
-def _make_users(lines: _Lines, user_id: np.ndarray, gender: np.ndarray, age: np.ndarray,
+def _make_users(lines: Lines, user_id: np.ndarray, gender: np.ndarray, age: np.ndarray,
                 occupation: np.ndarray, zip_code: np.ndarray) -> _Users:
     """Validate the parsed user columns (shared by both layouts) and bundle them."""
     gender = np.char.upper(np.char.strip(gender))
@@ -326,26 +207,26 @@ def _make_users(lines: _Lines, user_id: np.ndarray, gender: np.ndarray, age: np.
     if bad_gender.any():
         row = int(np.argmax(bad_gender))
         raise lines.error(row, f"gender must be one of {'/'.join(GENDERS)}, got {gender[row]!r}")
-    _check_unique(lines, user_id, "user id")
+    check_unique(lines, user_id, "user id")
     return _Users(
         user_id=user_id,
         gender=gender,
-        age=_parse_int(lines, age, "age"),
+        age=parse_int(lines, age, "age"),
         occupation=np.char.strip(occupation),
         zip_code=np.char.upper(np.char.strip(zip_code)),
     )
 
 
 def _read_users_100k(path: Path) -> _Users:
-    lines = _read_lines(path)
-    uid, age, gender, occ, zip_code = _split_fields(lines, "|", 5, ML100K_USER_SPEC)
-    return _make_users(lines, _parse_int(lines, uid, "user id"), gender, age, occ, zip_code)
+    lines = read_lines(path, ENCODING)
+    uid, age, gender, occ, zip_code = split_fields(lines, "|", 5, ML100K_USER_SPEC)
+    return _make_users(lines, parse_int(lines, uid, "user id"), gender, age, occ, zip_code)
 
 
 def _read_users_1m(path: Path) -> _Users:
-    lines = _read_lines(path)
-    uid, gender, age, occ, zip_code = _split_fields(lines, "::", 5, ML1M_USER_SPEC)
-    return _make_users(lines, _parse_int(lines, uid, "user id"), gender, age, occ, zip_code)
+    lines = read_lines(path, ENCODING)
+    uid, gender, age, occ, zip_code = split_fields(lines, "::", 5, ML1M_USER_SPEC)
+    return _make_users(lines, parse_int(lines, uid, "user id"), gender, age, occ, zip_code)
 
 
 def _genre_names_100k(folder: Path) -> tuple[str, ...]:
@@ -353,9 +234,9 @@ def _genre_names_100k(folder: Path) -> tuple[str, ...]:
     path = folder / ML100K_GENRE_FILE
     if not path.is_file():
         return ML100K_DEFAULT_GENRES
-    lines = _read_lines(path)
-    names, index = _split_fields(lines, "|", 2, "name|index")
-    positions = _parse_int(lines, index, "genre index")
+    lines = read_lines(path, ENCODING)
+    names, index = split_fields(lines, "|", 2, "name|index")
+    positions = parse_int(lines, index, "genre index")
     if sorted(positions.tolist()) != list(range(len(positions))):
         raise DataFormatError(
             f"{path.name}: genre indexes must be 0..{len(positions) - 1} once each, got {sorted(positions.tolist())}"
@@ -378,13 +259,13 @@ def _years(values: np.ndarray, pattern: re.Pattern[str]) -> np.ndarray:
 
 def _read_items_100k(path: Path, genre_names: tuple[str, ...]) -> _Items:
     """u.item: ids, release-date year and the genre flags turned into genre-name lists."""
-    lines = _read_lines(path)
+    lines = read_lines(path, ENCODING)
     n_fields = ML100K_ITEM_META_FIELDS + len(genre_names)
-    columns = _split_fields(lines, "|", n_fields, ML100K_ITEM_SPEC)
-    item_id = _parse_int(lines, columns[0], "item id")
-    _check_unique(lines, item_id, "item id")
+    columns = split_fields(lines, "|", n_fields, ML100K_ITEM_SPEC)
+    item_id = parse_int(lines, columns[0], "item id")
+    check_unique(lines, item_id, "item id")
     flags = np.stack(
-        [_parse_int(lines, col, f"genre flag {name!r}") for name, col in
+        [parse_int(lines, col, f"genre flag {name!r}") for name, col in
          zip(genre_names, columns[ML100K_ITEM_META_FIELDS:])],
         axis=1,
     ) if len(item_id) else np.zeros((0, len(genre_names)), dtype=np.int64)
@@ -402,10 +283,10 @@ def _read_items_100k(path: Path, genre_names: tuple[str, ...]) -> _Items:
 
 def _read_items_1m(path: Path) -> _Items:
     """movies.dat: ids, "(year)" from the end of the title, pipe-separated genres."""
-    lines = _read_lines(path)
-    mid, title, genres = _split_fields(lines, "::", 3, ML1M_MOVIE_SPEC)
-    item_id = _parse_int(lines, mid, "movie id")
-    _check_unique(lines, item_id, "movie id")
+    lines = read_lines(path, ENCODING)
+    mid, title, genres = split_fields(lines, "::", 3, ML1M_MOVIE_SPEC)
+    item_id = parse_int(lines, mid, "movie id")
+    check_unique(lines, item_id, "movie id")
     genre_lists = [[g for g in value.split("|") if g] for value in genres.tolist()]
     return _Items(item_id, pa.array(genre_lists, type=pa.list_(pa.string())), _years(title, _YEAR_IN_TITLE))
 
@@ -435,8 +316,8 @@ def import_movielens(path: Path, options: MovieLensImport = MovieLensImport()) -
         items = _read_items_1m(path / "movies.dat")
         user_source, item_source = "users.dat", "movies.dat"
 
-    user_row = _lookup(users.user_id, ratings.user_id, ratings.lines, "user id", user_source)
-    item_row = _lookup(items.item_id, ratings.item_id, ratings.lines, "item id", item_source)
+    user_row = lookup(users.user_id, ratings.user_id, ratings.lines, "user id", user_source)
+    item_row = lookup(items.item_id, ratings.item_id, ratings.lines, "item id", item_source)
 
     positive = ratings.rating >= options.positive_min_rating
     negative = ratings.rating <= options.negative_max_rating
