@@ -28,6 +28,14 @@ class ModelOutput:
 
 
 @dataclass
+class CIRNegatives:
+    """Detached item representations (same space as ``ModelOutput.cir_item``) and their ids."""
+
+    vectors: torch.Tensor  # (W, D)
+    item_ids: torch.Tensor  # (W,) int64
+
+
+@dataclass
 class LossParts:
     """The terms of eq 12, kept apart so they can be logged and checked for finiteness."""
 
@@ -86,15 +94,19 @@ class PreRanker(nn.Module, ABC):
         """The lambda_2 ||Theta||^2 term of eq 12 (already weighted); zero by default."""
         return torch.zeros((), device=self.device)
 
-    def cir_term(self, output: ModelOutput, batch: FeatureBatch) -> torch.Tensor:
+    def cir_term(self, output: ModelOutput, batch: FeatureBatch, negatives: "CIRNegatives | None" = None) -> torch.Tensor:
         """The lambda_1 L_cir term of eq 12 (already weighted); zero by default."""
         return torch.zeros((), device=output.logits.device)
 
-    def loss(self, batch: FeatureBatch, output: ModelOutput | None = None) -> LossParts:
-        """Eq 12: L_ctr (eq 11, mean BCE) + lambda_1 L_cir + lambda_2 ||Theta||^2."""
+    def loss(self, batch: FeatureBatch, output: ModelOutput | None = None, negatives: "CIRNegatives | None" = None) -> LossParts:
+        """Eq 12: L_ctr (eq 11, mean BCE) + lambda_1 L_cir + lambda_2 ||Theta||^2.
+
+        ``negatives`` adds item vectors from outside the batch (the online trainer's
+        window of recent items) to CIR's in-batch negatives.
+        """
         output = self(batch) if output is None else output
-        bce = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
-        cir = self.cir_term(output, batch)
+        bce = F.binary_cross_entropy_with_logits(output.logits.float(), batch.labels)
+        cir = self.cir_term(output, batch, negatives)
         l2 = self.regularization()
         return LossParts(total=bce + cir + l2, bce=bce, cir=cir, l2=l2)
 

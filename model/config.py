@@ -108,3 +108,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present, else "cpu"; or "cpu", "cuda", "cuda:1"
     threads: int = field(default=0, metadata={"ge": 0})  # torch CPU threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """The prequential trainer: CIR window, safety rails, mixed precision."""
+
+    cir_window: int = field(default=4096, metadata={"ge": 0})  # recent item vectors kept as CIR negatives
+    grad_clip_norm: float = field(default=10.0, metadata={"gt": 0.0})
+    amp: bool = False  # bfloat16 autocast on CUDA; ignored on the CPU
+    min_batch_events: int = field(default=2, metadata={"ge": 2})  # BatchNorm needs two rows to step

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model.base import ModelOutput, PreRanker
+from model.base import CIRNegatives, ModelOutput, PreRanker
 from model.config import ModelConfig
 from model.features import FeatureBatch, TowerInputs
 from model.towers import TowerEncoder, init_linear_
@@ -177,10 +177,14 @@ class IntTower(PreRanker):
         logits = self.fe(self.fe.prepare(torch.stack(user_heads, dim=1)), self.fe.prepare(item_heads))
         return ModelOutput(logits, cir_user=user_heads[-1].flatten(1), cir_item=item_heads.flatten(1))
 
-    def cir_term(self, output: ModelOutput, batch: FeatureBatch) -> torch.Tensor:
+    def cir_term(self, output: ModelOutput, batch: FeatureBatch, negatives: CIRNegatives | None = None) -> torch.Tensor:
         if self.config.cir_weight == 0.0:
             return torch.zeros((), device=output.logits.device)
-        loss = cir_loss(output.cir_user, output.cir_item, batch.labels, batch.item_ids, self.config.cir_temperature)
+        extra, extra_ids = (negatives.vectors, negatives.item_ids) if negatives is not None else (None, None)
+        loss = cir_loss(
+            output.cir_user.float(), output.cir_item.float(), batch.labels, batch.item_ids,
+            self.config.cir_temperature, extra, extra_ids,
+        )
         return self.config.cir_weight * loss
 
     def regularization(self) -> torch.Tensor:

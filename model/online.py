@@ -1,0 +1,185 @@
+"""The prequential (test-then-train) online trainer.
+
+Each batch is first scored by the current model in eval mode — those predictions never
+saw their labels, so they give an honest streaming AUC/logloss — and then drives one
+optimizer step on BCE + lambda_1 * CIR + L2. CIR's negatives come from the batch plus a
+FIFO window of recent item representations. A step whose loss or gradient is not
+finite is skipped and counted: it never reaches the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.base import CIRNegatives, PreRanker
+from model.config import OnlineConfig, TrainConfig
+from model.features import FeatureBatch
+
+SKIP_NON_FINITE_LOSS = "non_finite_loss"
+SKIP_NON_FINITE_GRADIENT = "non_finite_gradient"
+
+
+@dataclass
+class StepResult:
+    """What one batch did: its prequential predictions and whether it stepped."""
+
+    probabilities: np.ndarray  # (B,) predicted before the step
+    labels: np.ndarray  # (B,)
+    stepped: bool
+    skipped_reason: str | None
+    loss: float  # NaN when skipped
+    touched_item_ids: np.ndarray  # unique item ids of the batch (for index sync)
+    seconds: float
+
+
+class CIRWindow:
+    """A ring buffer of the detached item representations of the last ``capacity`` events.
+
+    Lives on the model's device; entries are replaced oldest first. Part of the trainer
+    state, so a restored trainer continues with the same negatives.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.vectors: torch.Tensor | None = None
+        self.item_ids: torch.Tensor | None = None
+        self.size = 0
+        self.position = 0
+
+    def push(self, vectors: torch.Tensor, item_ids: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        vectors, item_ids = vectors.detach()[-self.capacity :], item_ids[-self.capacity :]
+        if self.vectors is None:
+            self.vectors = vectors.new_zeros((self.capacity, vectors.shape[1]), dtype=torch.float32)
+            self.item_ids = item_ids.new_full((self.capacity,), -1)
+        slots = (self.position + torch.arange(vectors.shape[0], device=vectors.device)) % self.capacity
+        self.vectors[slots] = vectors.float()
+        self.item_ids[slots] = item_ids
+        self.position = int((self.position + vectors.shape[0]) % self.capacity)
+        self.size = min(self.capacity, self.size + vectors.shape[0])
+
+    def negatives(self) -> CIRNegatives | None:
+        if self.size == 0 or self.vectors is None:
+            return None
+        return CIRNegatives(self.vectors[: self.size], self.item_ids[: self.size])
+
+    def state_dict(self) -> dict:
+        if self.vectors is None:
+            return {"size": 0, "position": 0}
+        return {"vectors": self.vectors.cpu(), "item_ids": self.item_ids.cpu(), "size": self.size, "position": self.position}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.size, self.position = int(state["size"]), int(state["position"])
+        if "vectors" in state and state["vectors"].shape[0] == self.capacity:
+            self.vectors, self.item_ids = state["vectors"].to(device), state["item_ids"].to(device)
+        else:  # no window saved, or the configured size changed: start empty
+            self.vectors, self.item_ids, self.size, self.position = None, None, 0, 0
+
+
+@contextlib.contextmanager
+def _batch_norm_frozen_if(frozen: bool, model: nn.Module):
+    """BatchNorm cannot use batch statistics of one row; such a batch uses running stats."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train()
+
+
+class OnlineTrainer:
+    """Owns a model and its optimizer; `step` does test-then-train on one batch."""
+
+    def __init__(self, model: PreRanker, train: TrainConfig, online: OnlineConfig) -> None:
+        self.model = model
+        self.online = online
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
+        self.window = CIRWindow(online.cir_window)
+        self.steps = 0
+        self.skipped: Counter[str] = Counter()
+        self.events_trained = 0
+        self._autocast = online.amp and model.device.type == "cuda"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.no_grad()
+    def predict(self, batch: FeatureBatch) -> torch.Tensor:
+        """Click probabilities under the current weights, eval mode (as served)."""
+        self.model.eval()
+        with self._precision():
+            return torch.sigmoid(self.model(batch).logits.float())
+
+    def step(self, batch: FeatureBatch) -> StepResult:
+        started = time.perf_counter()
+        batch = batch.to(self.device, non_blocking=True)
+        probabilities = self.predict(batch)
+        if self.steps == 0 and len(batch) >= 2:  # a fresh model: start calibrated
+            self.model.init_output_bias(batch)
+        self.model.train()
+        with _batch_norm_frozen_if(len(batch) < 2, self.model), self._precision():
+            output = self.model(batch)
+            parts = self.model.loss(batch, output, self.window.negatives())
+        reason = None
+        loss_value = float(parts.total.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        if not np.isfinite(loss_value):
+            reason = SKIP_NON_FINITE_LOSS
+        else:
+            parts.total.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.online.grad_clip_norm)
+            if not torch.isfinite(norm):
+                reason = SKIP_NON_FINITE_GRADIENT
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                self.optimizer.step()
+                self.steps += 1
+                self.events_trained += len(batch)
+                if output.cir_item is not None:
+                    self.window.push(output.cir_item, batch.item_ids)
+        if reason is not None:
+            self.skipped[reason] += 1
+        return StepResult(
+            probabilities=probabilities.cpu().numpy(),
+            labels=batch.labels.cpu().numpy(),
+            stepped=reason is None,
+            skipped_reason=reason,
+            loss=loss_value if reason is None else float("nan"),
+            touched_item_ids=torch.unique(batch.item_ids).cpu().numpy(),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _precision(self):
+        if self._autocast:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where this trainer is (tensors on CPU)."""
+        return {
+            "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "window": self.window.state_dict(),
+            "steps": self.steps,
+            "events_trained": self.events_trained,
+            "skipped": dict(self.skipped),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.window.load_state_dict(state["window"], self.device)
+        self.steps = int(state["steps"])
+        self.events_trained = int(state["events_trained"])
+        self.skipped = Counter({str(k): int(v) for k, v in state["skipped"].items()})

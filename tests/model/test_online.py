@@ -1,0 +1,119 @@
+"""The prequential trainer: test-then-train, safety rails, window negatives, exact resume."""
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from model.build import build_model
+from model.config import ModelConfig, OnlineConfig, TrainConfig
+from model.features import FeatureEncoder
+from model.online import SKIP_NON_FINITE_GRADIENT, SKIP_NON_FINITE_LOSS, OnlineTrainer
+from monitoring.quality import roc_auc
+from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
+from tests.conftest import make_synthetic_like_table
+
+SMALL = ModelConfig(hidden=(32, 32, 16), embedding_dim=8, heads=2, head_dim=8)
+
+
+def _trainer(window=64, kind="inttower", seed=0):
+    torch.manual_seed(seed)
+    return OnlineTrainer(build_model(replace(SMALL, kind=kind)), TrainConfig(), OnlineConfig(cir_window=window))
+
+
+def _batches(n=4, rows=32):
+    encoder = FeatureEncoder(SMALL.features)
+    return [encoder.encode(make_synthetic_like_table(rows, seed=i)) for i in range(n)]
+
+
+def _weights(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_predictions_come_before_the_step():
+    trainer = _trainer()
+    first, second = _batches(2)
+    trainer.step(first)
+    expected = trainer.predict(second).numpy()
+    result = trainer.step(second)
+    np.testing.assert_allclose(result.probabilities, expected)
+    assert result.stepped and trainer.steps == 2
+    assert not np.allclose(trainer.predict(second).numpy(), expected)  # the step changed the model
+
+
+def test_non_finite_loss_is_skipped_and_never_applied():
+    trainer = _trainer()
+    batch = _batches(1)[0]
+    trainer.step(batch)
+    before = _weights(trainer.model)
+    poisoned = replace(batch, labels=batch.labels.clone().fill_(float("nan")))
+    result = trainer.step(poisoned)
+    assert not result.stepped and result.skipped_reason == SKIP_NON_FINITE_LOSS
+    assert trainer.skipped[SKIP_NON_FINITE_LOSS] == 1 and trainer.steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(trainer.model)))
+
+
+def test_non_finite_gradient_is_skipped_and_never_applied():
+    trainer = _trainer()
+    batch = _batches(1)[0]
+    trainer.step(batch)
+    before = _weights(trainer.model)
+    handle = next(trainer.model.parameters()).register_hook(lambda g: g * float("inf"))
+    result = trainer.step(batch)
+    handle.remove()
+    assert result.skipped_reason == SKIP_NON_FINITE_GRADIENT
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(trainer.model)))
+    assert trainer.step(batch).stepped  # and training goes on
+
+
+def test_window_fills_fifo_and_feeds_cir():
+    trainer = _trainer(window=48)
+    batches = _batches(3)
+    trainer.step(batches[0])
+    assert trainer.window.size == 32
+    trainer.step(batches[1])
+    assert trainer.window.size == 48 and trainer.window.position == 16
+    with_window = trainer.model.loss(batches[2].to("cpu"), None, trainer.window.negatives()).cir
+    without = trainer.model.loss(batches[2], None, None).cir
+    assert with_window.item() != without.item()
+
+
+def test_single_event_batch_still_steps():
+    trainer = _trainer()
+    trainer.step(_batches(1)[0])
+    one = _batches(1)[0].select(slice(0, 1))
+    result = trainer.step(one)
+    assert result.stepped and result.probabilities.shape == (1,)
+
+
+def test_restored_trainer_continues_exactly():
+    a = _trainer(seed=1)
+    b1, b2 = _batches(2)
+    a.step(b1)
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    b = _trainer(seed=7)  # different initial weights, overwritten by the state
+    b.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.manual_seed(3)
+    ra = a.step(b2)
+    torch.manual_seed(3)
+    rb = b.step(b2)
+    np.testing.assert_array_equal(ra.probabilities, rb.probabilities)
+    assert all(torch.equal(x, y) for x, y in zip(_weights(a.model), _weights(b.model)))
+    assert b.steps == 2 and b.events_trained == 64
+
+
+def test_prequential_training_learns_the_synthetic_stream():
+    table = generate_synthetic_log(SyntheticLogConfig(events=30_000, seed=1, shift_at=1.0))
+    encoder = FeatureEncoder(ModelConfig().features)
+    trainer = OnlineTrainer(build_model(replace(ModelConfig(), hidden=(64, 64, 32))), TrainConfig(), OnlineConfig())
+    probabilities, labels = [], []
+    for start in range(0, table.num_rows, 512):
+        result = trainer.step(encoder.encode(table.slice(start, 512)))
+        probabilities.append(result.probabilities)
+        labels.append(result.labels)
+    late = slice(len(probabilities) // 2, None)
+    auc = roc_auc(np.concatenate(labels[late]), np.concatenate(probabilities[late]))
+    assert auc > 0.65, auc
