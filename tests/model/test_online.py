@@ -4,6 +4,7 @@ import io
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from model.build import build_model
@@ -105,8 +106,9 @@ def test_restored_trainer_continues_exactly():
     assert b.steps == 2 and b.events_trained == 64
 
 
+@pytest.mark.slow
 def test_prequential_training_learns_the_synthetic_stream():
-    table = generate_synthetic_log(SyntheticLogConfig(events=30_000, seed=1, shift_at=1.0))
+    table = generate_synthetic_log(SyntheticLogConfig(events=20_000, seed=1, shift_at=1.0))
     encoder = FeatureEncoder(ModelConfig().features)
     trainer = OnlineTrainer(build_model(replace(ModelConfig(), hidden=(64, 64, 32))), TrainConfig(), OnlineConfig())
     probabilities, labels = [], []
