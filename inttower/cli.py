@@ -7,7 +7,10 @@ bugs show a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from model.features import FeatureError
 from stream.clicklog import ClickLogError
 
 EXIT_USER_ERROR = 2
+EXIT_BROKER_UNAVAILABLE = 3
 _USER_ERRORS = (UserError, ClickLogError, FeatureError)
 
 
@@ -37,9 +41,42 @@ def _cmd_data_synthetic(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from inttower.commands import run_demo
+    from inttower.demo import run_demo
 
     run_demo(_config(args.config), Path(args.workdir), events=args.events)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from inttower.daemon import TrainingDaemon
+
+    config = _config(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    summary = TrainingDaemon(config, stop).run()
+    quality = ", ".join(f"{name} AUC {m['auc']:.4f} logloss {m['logloss']:.4f}" for name, m in summary.models.items())
+    print(
+        f"stopped after {summary.events} events in {summary.seconds:.0f} s "
+        f"({summary.events / max(summary.seconds, 1e-9):.0f}/s); dead-lettered {sum(summary.dead_lettered.values())}; "
+        f"{summary.checkpoints} checkpoints; {quality}"
+    )
+
+
+def _cmd_replay(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from stream.clicklog import read_click_log
+    from stream.replay import replay
+
+    config = _config(args.config).stream
+    overrides = {"topic": args.topic}
+    if args.bootstrap:
+        overrides["bootstrap_servers"] = tuple(args.bootstrap.split(","))
+    config = dataclasses.replace(config, **overrides)
+    summary = replay(
+        read_click_log(args.log), config, rate=args.rate, speedup=args.speedup, fmt=args.format, progress=True
+    )
+    print(f"replayed {summary.events} events in {summary.messages} messages, {summary.seconds:.1f} s, {summary.events_per_s:.0f} events/s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,18 +97,41 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--config", help="TOML config ([data.synthetic] sets the generator)")
     syn.set_defaults(run=_cmd_data_synthetic)
 
+    train = commands.add_parser("train", help="the long-running training daemon (Kafka -> online IntTower)")
+    train.add_argument("--config", help="TOML config ([stream], [model], [train], [online], [daemon])")
+    train.set_defaults(run=_cmd_train)
+
+    rep = commands.add_parser("replay", help="produce a Parquet click log into a Kafka topic in event-time order")
+    rep.add_argument("log", help="Parquet click log (inttower data ...)")
+    rep.add_argument("--topic", required=True)
+    rep.add_argument("--bootstrap", help="host:port[,host:port] (default: [stream] bootstrap_servers)")
+    pace = rep.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="events per second")
+    pace.add_argument("--speedup", type=float, help="replay event-time gaps divided by this factor")
+    pace.add_argument("--max", action="store_true", help="as fast as possible (the default)")
+    rep.add_argument("--format", choices=("json", "arrow"), default="json")
+    rep.add_argument("--config", help="TOML config ([stream] security settings)")
+    rep.set_defaults(run=_cmd_replay)
+
     demo = commands.add_parser("demo", help="end-to-end demo on the embedded synthetic defaults")
     demo.add_argument("--config", help="TOML config (default: the embedded defaults)")
     demo.add_argument("--events", type=int, help="synthetic events to generate")
-    demo.add_argument("--workdir", default="runs/demo", help="where the demo writes its files")
+    demo.add_argument("--workdir", default="demo-out", help="where the demo writes its report and files")
     demo.set_defaults(run=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from stream.broker import BrokerUnavailableError
+
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("kafka").setLevel(logging.ERROR)
     try:
         args.run(args)
+    except BrokerUnavailableError as exc:
+        print(f"inttower: error: {exc}", file=sys.stderr)
+        return EXIT_BROKER_UNAVAILABLE
     except _USER_ERRORS as exc:
         print(f"inttower: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

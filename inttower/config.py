@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from inttower.errors import ConfigError
-from model.config import ModelConfig, TrainConfig
+from model.config import ModelConfig, OnlineConfig, TrainConfig
+from stream.config import StreamConfig
 from stream.movielens import MovieLensImport
 from stream.synthetic import SyntheticLogConfig
 
@@ -35,15 +36,39 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """`inttower demo`: how much synthetic traffic and which models to compare."""
+    """`make demo`: the embedded broker, a synthetic stream, two models side by side."""
 
     events: int = field(default=200_000, metadata={"ge": 1000})
-    max_epochs: int = field(default=3, metadata={"ge": 1})
-    models: tuple[Literal["inttower", "two_tower", "lr"], ...] = ("two_tower", "inttower")
-    test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
-    # "random" is the paper's protocol; "time" tests after the stream's preference shift,
-    # which an offline model cannot follow (the streaming trainer can).
-    split: Literal["random", "time"] = "random"
+    partitions: int = field(default=4, metadata={"ge": 1})
+    format: Literal["json", "arrow"] = "arrow"
+    topic: str = "demo-clicks"
+    # The first is the daemon's model; the others train as shadows on the same batches.
+    models: tuple[Literal["inttower", "two_tower", "lr"], ...] = ("inttower", "two_tower")
+    history_every_events: int = field(default=2_000, metadata={"ge": 1})
+    timeout_s: float = field(default=900.0, metadata={"gt": 0.0})
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The long-running trainer: checkpoints, status, and when (if ever) to stop by itself."""
+
+    checkpoint_dir: str = "runs/checkpoints"
+    checkpoint_every_s: float = field(default=60.0, metadata={"gt": 0.0})
+    checkpoint_every_events: int = field(default=500_000, metadata={"ge": 1})
+    keep_checkpoints: int = field(default=3, metadata={"ge": 1})
+    status_every_s: float = field(default=5.0, metadata={"gt": 0.0})
+    commit_every_s: float = field(default=5.0, metadata={"gt": 0.0})
+    # Window of the streaming AUC / logloss on the status line and in checkpoints.
+    metric_window: int = field(default=10_000, metadata={"ge": 10})
+    # Other model kinds trained on the very same batches, for side-by-side comparison.
+    shadow_models: tuple[Literal["inttower", "two_tower", "lr"], ...] = ()
+    # A file recording every event id that reached an optimizer step (audits, tests).
+    audit_log: str | None = None
+    # Stop by itself after this many consumed events, or after this long without any.
+    stop_after_events: int | None = None
+    stop_when_idle_s: float | None = None
+    # Points of the quality-vs-event-time history kept for reports (every N events).
+    history_every_events: int = field(default=5_000, metadata={"ge": 1})
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,9 @@ class AppConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 

@@ -1,0 +1,133 @@
+"""Typed settings of the Kafka side of the trainer: where to read, how to batch, how to connect.
+
+`StreamConfig` is a frozen dataclass in the style of the other packages' configs, so the
+application's TOML loader can fill it with range checks taken from the field metadata.
+`kafka_client_options` turns it into the keyword arguments that kafka-python's consumer,
+producer and admin client all accept, so the three are always configured alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: kafka-python's default fetch size per partition; the consumer never asks for less.
+DEFAULT_PARTITION_FETCH_BYTES = 1_048_576
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Where the click stream lives and how the consumer cuts it into batches.
+
+    ``assignment``: ``"group"`` joins consumer group ``group_id`` and lets Kafka assign
+    partitions (one trainer, or failover); ``"static"`` reads exactly the partitions given
+    to `ClickStreamConsumer` (one share per worker in multi-worker training, so each
+    worker's checkpointed offsets stay exact). Offsets are committed to ``group_id`` in
+    both modes, for lag monitoring only: the checkpoint is the source of truth.
+
+    A batch closes at ``max_batch_events`` events or ``max_batch_ms`` milliseconds after
+    its first message, whichever comes first. ``max_message_bytes`` is the largest
+    message accepted (bigger ones are dead-lettered as ``oversize``); topics on Apache
+    Kafka need ``max.message.bytes`` at least that large for Arrow replay.
+
+    ``session_timeout_ms`` / ``heartbeat_interval_ms``: the group join takes about half
+    the session timeout on Tansu; tests use 2000/500. ``startup_timeout_s`` bounds how
+    long start-up retries an unreachable broker before `BrokerUnavailableError`.
+
+    ``check_crcs``: verify each fetched record batch's CRC-32C. True/False force it; None
+    (default) verifies when the native ``crc32c`` package is importable and skips it
+    otherwise (the broker already validated the CRC on produce and TCP checksums the
+    transfer; the pure-Python check would cap a consumer at ~15k JSON messages/s here).
+
+    The ``security_*``, ``sasl_*`` and ``ssl_*`` settings are passed to kafka-python
+    unchanged (only those that are set).
+    """
+
+    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    topic: str = "clicks"
+    dead_letter_topic: str = "clicks.dead-letter"
+    group_id: str = "inttower-trainer"
+    assignment: Literal["group", "static"] = "group"
+    max_batch_events: int = field(default=2048, metadata={"ge": 1})
+    max_batch_ms: int = field(default=200, metadata={"ge": 1})
+    max_message_bytes: int = field(default=4_194_304, metadata={"ge": 1024})
+    session_timeout_ms: int = field(default=6000, metadata={"ge": 1000})
+    heartbeat_interval_ms: int = field(default=1000, metadata={"ge": 100})
+    request_timeout_ms: int = field(default=30000, metadata={"ge": 1000})
+    startup_timeout_s: float = field(default=30.0, metadata={"gt": 0.0})
+    prefetch_batches: int = field(default=4, metadata={"ge": 1})
+    # None: verify record CRCs only when the C implementation (package ``crc32c``) is
+    # installed; kafka-python's pure-Python CRC-32C costs about half the consumer's time.
+    check_crcs: bool | None = None
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.bootstrap_servers or any(not s.strip() for s in self.bootstrap_servers):
+            problems.append(f"bootstrap_servers must list at least one host:port, got {self.bootstrap_servers!r}")
+        if not self.topic:
+            problems.append("topic must not be empty")
+        if not self.dead_letter_topic or self.dead_letter_topic == self.topic:
+            problems.append(f"dead_letter_topic must be set and differ from topic, got {self.dead_letter_topic!r}")
+        if not self.group_id:
+            problems.append("group_id must not be empty (offsets are committed to it)")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            problems.append(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"session_timeout_ms ({self.session_timeout_ms})"
+            )
+        if self.request_timeout_ms <= self.session_timeout_ms:
+            # kafka-python refuses a consumer otherwise; say so at config time.
+            problems.append(
+                f"request_timeout_ms ({self.request_timeout_ms}) must exceed "
+                f"session_timeout_ms ({self.session_timeout_ms})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+#: Security settings passed through to kafka-python when they are not None.
+_SECURITY_OPTIONS: tuple[str, ...] = (
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+)
+
+
+def native_crc32c_available() -> bool:
+    """Whether kafka-python computes CRC-32C in C (the ``crc32c`` package) rather than in Python."""
+    from kafka.record import util
+
+    return util.crc32c_c is not None
+
+
+def resolve_check_crcs(config: StreamConfig) -> bool:
+    """``config.check_crcs``, with None resolved by `native_crc32c_available`."""
+    return native_crc32c_available() if config.check_crcs is None else config.check_crcs
+
+
+def kafka_client_options(config: StreamConfig) -> dict[str, Any]:
+    """Keyword arguments shared by KafkaConsumer, KafkaProducer and KafkaAdminClient.
+
+    Bootstrap servers, request timeout and security settings; security options left at
+    None are omitted so kafka-python keeps its own defaults.
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(config.bootstrap_servers),
+        "request_timeout_ms": config.request_timeout_ms,
+        "security_protocol": config.security_protocol,
+    }
+    for name in _SECURITY_OPTIONS:
+        value = getattr(config, name)
+        if value is not None:
+            options[name] = value
+    return options

@@ -1,0 +1,426 @@
+"""Consume the click topic into decoded, validated `Batch`es, with exact offsets for checkpoints.
+
+`ClickStreamConsumer` runs one background thread that owns the KafkaConsumer (kafka-python
+consumers are not thread-safe): it polls, cuts the messages into batches, decodes them
+(`stream.codec.decode_messages`) and puts them on a bounded queue, so fetching and
+decoding overlap with the caller's training step. The caller takes batches with
+`next_batch`, and asks for offset commits with `commit`; the thread executes them.
+
+Offsets: the checkpoint, not the consumer group, is the source of truth. The consumer
+starts each partition at ``start_offsets[p]`` (from a checkpoint) or at the earliest
+offset, and after any group rebalance (a broker pause, a member joining) it seeks every
+assigned partition back to its *own* next offset: the one after the last message it has
+handed out. So a rebalance never skips or repeats an event, and a restart from a
+checkpoint's ``next_offsets`` reads every event exactly once across runs. Committed group
+offsets only serve lag monitoring and are never read back.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from stream.broker import BrokerUnavailableError, wait_for_broker
+from stream.codec import RawMessage, Reject, count_events, decode_messages
+from stream.config import DEFAULT_PARTITION_FETCH_BYTES, StreamConfig, kafka_client_options, resolve_check_crcs
+from stream.events import EventSchema
+
+log = logging.getLogger(__name__)
+
+#: Longest single poll: bounds how late a commit request or `close` is noticed.
+POLL_TIMEOUT_MS = 100
+#: How long the polling thread waits for queue space before re-checking stop/commits.
+QUEUE_WAIT_S = 0.1
+#: Bound on one synchronous commit; a failed commit is retried after COMMIT_RETRY_S.
+COMMIT_TIMEOUT_MS = 5000
+COMMIT_RETRY_S = 1.0
+#: Bound on KafkaConsumer.close (it leaves the group, which needs the broker).
+CONSUMER_CLOSE_TIMEOUT_MS = 5000
+#: How long `close` waits for the polling thread (poll + commit + consumer close, with margin).
+THREAD_JOIN_TIMEOUT_S = 15.0
+#: Fetch room above the largest accepted message (record batch framing).
+FETCH_OVERHEAD_BYTES = 64 * 1024
+DEFAULT_FETCH_MAX_BYTES = 52_428_800
+CLIENT_ID = "inttower-stream"
+
+
+@dataclass
+class Batch:
+    """Decoded valid events of consecutive messages, plus what a checkpoint needs.
+
+    ``next_offsets``: for *every* partition this consumer has positions for (not only those
+    in this batch), the offset after the last message handed out up to and including this
+    batch, rejected messages included. A checkpoint stores it as-is and a restart passes it
+    as ``start_offsets``. ``first_offsets``: the first message offset of each partition
+    present in this batch. ``messages``: Kafka messages covered (an Arrow message holds
+    many events). ``closed_at``: wall-clock time (time.time()) the batch was cut.
+    """
+
+    table: pa.Table
+    next_offsets: dict[int, int]
+    rejects: list[Reject]
+    first_offsets: dict[int, int]
+    messages: int
+    closed_at: float
+
+    @property
+    def events(self) -> int:
+        """Valid events in the batch (rows of ``table``)."""
+        return self.table.num_rows
+
+
+class ConsumerFailedError(RuntimeError):
+    """The polling thread died; the cause is chained. Restart from the last checkpoint."""
+
+
+@dataclass
+class _Pending:
+    """Messages fetched but not yet in a batch (polling thread only)."""
+
+    messages: collections.deque[RawMessage] = field(default_factory=collections.deque)
+    counts: collections.deque[int] = field(default_factory=collections.deque)
+    arrived: collections.deque[float] = field(default_factory=collections.deque)  # time.monotonic()
+    events: int = 0
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.counts.clear()
+        self.arrived.clear()
+        self.events = 0
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Forwards rebalance callbacks (run inside poll, on the polling thread) to the consumer."""
+
+    def __init__(self, owner: ClickStreamConsumer) -> None:
+        self._owner = owner
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._owner._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._owner._on_assigned(assigned)
+
+
+class ClickStreamConsumer:
+    """Batches of click events from ``config.topic``; see the module docstring for offsets.
+
+    ``start_offsets``: partition -> next offset to read (a checkpoint's ``next_offsets``);
+    partitions absent from it start at the earliest offset. ``partitions``: required in
+    ``static`` assignment (exactly these are read), not allowed in ``group`` mode.
+
+    Thread-safety: `next_batch`, `commit`, `lag`, `assigned_partitions` and `close` may be
+    called from any one caller thread; the KafkaConsumer itself is only touched by the
+    internal polling thread. Raises `BrokerUnavailableError` from the constructor if no
+    broker answers within ``config.startup_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        schema: EventSchema,
+        start_offsets: dict[int, int] | None = None,
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        if config.assignment == "static" and not partitions:
+            raise ValueError("static assignment needs the partitions to read")
+        if config.assignment == "group" and partitions is not None:
+            raise ValueError("partitions are assigned by the group in group mode; use assignment='static' to choose them")
+        self.config = config
+        self.schema = schema
+        self._lock = threading.Lock()
+        # Polling thread: next offset after the last message put in a batch (or the start offset).
+        self._positions: dict[int, int] = dict(start_offsets or {})
+        # Caller side (under _lock): positions after the batches returned by next_batch.
+        self._delivered: dict[int, int] = dict(start_offsets or {})
+        self._highwater: dict[int, int] = {}
+        self._first_seen: dict[int, int] = {}
+        self._assigned: frozenset[int] = frozenset()
+        self._commit_request: dict[int, int] = {}
+        self._commit_not_before = 0.0
+        self._events_per_message = 1.0
+        self._pending = _Pending()
+        self._ready: Batch | None = None
+        self._queue: queue.Queue[Batch] = queue.Queue(maxsize=config.prefetch_batches)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+
+        options = kafka_client_options(config)
+        wait_for_broker(config.bootstrap_servers, config.startup_timeout_s, options)
+        fetch_bytes = max(DEFAULT_PARTITION_FETCH_BYTES, config.max_message_bytes + FETCH_OVERHEAD_BYTES)
+        check_crcs = resolve_check_crcs(config)
+        if not check_crcs and config.check_crcs is None:
+            log.info("record CRC checks off: the native crc32c package is not installed (set check_crcs = true to force them)")
+        try:
+            self._consumer = KafkaConsumer(
+                client_id=CLIENT_ID,
+                group_id=config.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=config.session_timeout_ms,
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
+                max_poll_records=config.max_batch_events,
+                max_partition_fetch_bytes=fetch_bytes,
+                fetch_max_bytes=max(DEFAULT_FETCH_MAX_BYTES, fetch_bytes),
+                check_crcs=check_crcs,
+                **options,
+            )
+        except KafkaError as exc:  # NoBrokersAvailable: the broker went away after the probe
+            raise BrokerUnavailableError(
+                f"no Kafka broker answered at {','.join(config.bootstrap_servers)} ({type(exc).__name__})"
+            ) from None
+        try:
+            if config.assignment == "group":
+                self._consumer.subscribe(topics=[config.topic], listener=_Listener(self))
+            else:
+                tps = [TopicPartition(config.topic, p) for p in partitions or ()]
+                self._consumer.assign(tps)
+                self._seek(tps)
+                self._assigned = frozenset(tp.partition for tp in tps)
+            self._thread = threading.Thread(target=self._run, name=f"click-stream-{config.topic}", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._consumer.close(autocommit=False)
+            raise
+
+    # ------------------------------------------------------------------ caller API
+
+    def next_batch(self, timeout_s: float) -> Batch | None:
+        """The next batch, or None if none is ready within ``timeout_s`` seconds.
+
+        Raises `ConsumerFailedError` if the polling thread has died (never loses its error).
+        """
+        if self._closed:
+            raise RuntimeError("consumer is closed")
+        self._raise_if_failed()
+        try:
+            batch = self._queue.get(timeout=max(timeout_s, 0.0))
+        except queue.Empty:
+            self._raise_if_failed()
+            return None
+        with self._lock:
+            self._delivered.update(batch.next_offsets)
+        return batch
+
+    def commit(self, next_offsets: dict[int, int]) -> None:
+        """Ask for ``next_offsets`` (partition -> next offset to read) to be committed to the group.
+
+        Asynchronous and non-blocking: the polling thread commits it (later requests for a
+        partition supersede earlier ones). Failures are logged and retried, never raised.
+        """
+        with self._lock:
+            self._commit_request.update(next_offsets)
+
+    def lag(self) -> dict[int, int]:
+        """Per assigned partition: highwater minus the next offset handed out by `next_batch`.
+
+        Only partitions whose highwater is known (after a fetch) appear. Highwater comes
+        from fetch responses (`KafkaConsumer.highwater`), which is right on Tansu where
+        ``end_offsets`` is not.
+        """
+        with self._lock:
+            lag: dict[int, int] = {}
+            for p in sorted(self._assigned):
+                hw = self._highwater.get(p)
+                if hw is None:
+                    continue
+                position = self._delivered.get(p, self._first_seen.get(p, hw))
+                lag[p] = max(0, hw - position)
+            return lag
+
+    def assigned_partitions(self) -> list[int]:
+        """Partitions currently assigned to this consumer (sorted)."""
+        with self._lock:
+            return sorted(self._assigned)
+
+    def close(self, timeout_s: float = THREAD_JOIN_TIMEOUT_S) -> None:
+        """Stop the polling thread (bounded wait); it runs pending commits and closes the KafkaConsumer.
+
+        Batches still queued are dropped: resume from the offsets of the last batch processed.
+        Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("click-stream polling thread did not stop within %.1f s; it will close the consumer when it returns", timeout_s)
+
+    def __enter__(self) -> ClickStreamConsumer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise ConsumerFailedError(f"click-stream polling thread failed: {self._error!r}") from self._error
+
+    # ------------------------------------------------------------------ polling thread
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._service_commit()
+                if self._ready is not None:
+                    try:
+                        self._queue.put(self._ready, timeout=QUEUE_WAIT_S)
+                    except queue.Full:
+                        continue
+                    self._ready = None
+                    continue
+                if self._batch_due():
+                    self._ready = self._cut_batch()
+                    continue
+                self._poll()
+        except BaseException as exc:  # surfaced to the caller by next_batch
+            log.exception("click-stream polling thread failed")
+            self._error = exc
+        finally:
+            try:
+                self._service_commit(final=True)
+            finally:
+                self._consumer.close(autocommit=False, timeout_ms=CONSUMER_CLOSE_TIMEOUT_MS)
+
+    def _poll(self) -> None:
+        timeout_ms = POLL_TIMEOUT_MS
+        if self._pending.messages:
+            deadline = self._pending.arrived[0] + self.config.max_batch_ms / 1000.0
+            timeout_ms = max(0, min(timeout_ms, int((deadline - time.monotonic()) * 1000) + 1))
+        room = max(1, self.config.max_batch_events - self._pending.events)
+        max_records = max(1, int(room / self._events_per_message))
+        records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        if self._error is not None:  # raised inside a rebalance callback, which kafka-python swallows
+            raise self._error
+        now = time.monotonic()
+        messages = events = 0
+        first_seen: dict[int, int] = {}
+        for tp, batch in records.items():
+            if batch:
+                first_seen[tp.partition] = batch[0].offset
+            for record in batch:
+                message = RawMessage(record.partition, record.offset, record.value or b"", list(record.headers or ()), record.timestamp)
+                count = count_events(message, self.config.max_message_bytes)
+                self._pending.messages.append(message)
+                self._pending.counts.append(count)
+                self._pending.arrived.append(now)
+                self._pending.events += count
+                messages += 1
+                events += count
+        if messages:
+            self._events_per_message = 0.9 * self._events_per_message + 0.1 * (events / messages)
+        highwater = {}
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                highwater[tp.partition] = hw
+        with self._lock:
+            self._highwater.update(highwater)
+            for p, offset in first_seen.items():
+                self._first_seen.setdefault(p, offset)
+
+    def _batch_due(self) -> bool:
+        pending = self._pending
+        if not pending.messages:
+            return False
+        if pending.events >= self.config.max_batch_events:
+            return True
+        return time.monotonic() >= pending.arrived[0] + self.config.max_batch_ms / 1000.0
+
+    def _cut_batch(self) -> Batch:
+        """Take whole messages from the head of the pending queue, up to max_batch_events events.
+
+        A message is never split across batches (its offset is the unit of progress), so
+        one Arrow message holding more than max_batch_events events is a batch on its own.
+        """
+        pending = self._pending
+        limit = self.config.max_batch_events
+        taken: list[RawMessage] = []
+        events = 0
+        while pending.messages and (not taken or events + pending.counts[0] <= limit):
+            count = pending.counts.popleft()
+            pending.arrived.popleft()
+            taken.append(pending.messages.popleft())
+            events += count
+            pending.events -= count
+        if len(taken) == 1 and events > limit:
+            log.warning("one message holds %d events > max_batch_events %d: it forms a batch on its own", events, limit)
+        decoded = decode_messages(taken, self.schema, self.config.max_message_bytes)
+        first: dict[int, int] = {}
+        for message in taken:
+            first.setdefault(message.partition, message.offset)
+            self._positions[message.partition] = message.offset + 1
+        return Batch(
+            table=decoded.table,
+            next_offsets=dict(self._positions),
+            rejects=decoded.rejects,
+            first_offsets=first,
+            messages=len(taken),
+            closed_at=time.time(),
+        )
+
+    def _seek(self, tps: Sequence[TopicPartition]) -> None:
+        """Seek each partition to this consumer's own next offset, or to the earliest one."""
+        for tp in tps:
+            position = self._positions.get(tp.partition)
+            if position is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, position)
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        try:
+            # Messages fetched but not batched are dropped: the seeks below re-read them.
+            self._pending.clear()
+            self._seek(sorted(assigned))
+            with self._lock:
+                self._assigned = frozenset(tp.partition for tp in assigned)
+            log.info(
+                "partitions assigned: %s (resuming at %s)",
+                sorted(tp.partition for tp in assigned),
+                {tp.partition: self._positions.get(tp.partition, "earliest") for tp in sorted(assigned)},
+            )
+        except BaseException as exc:  # kafka-python only logs listener errors; keep it for the caller
+            self._error = exc
+
+    def _service_commit(self, final: bool = False) -> None:
+        """Run the latest commit request, if any (polling thread only; never raises)."""
+        if not final and time.monotonic() < self._commit_not_before:
+            return
+        with self._lock:
+            request, self._commit_request = self._commit_request, {}
+            assigned = self._assigned
+        if self.config.assignment == "group":
+            # Uncommittable now (not ours, or not yet assigned): keep them for later.
+            keep = {p: o for p, o in request.items() if p not in assigned}
+            request = {p: o for p, o in request.items() if p in assigned}
+            if keep and not final:
+                with self._lock:
+                    self._commit_request = {**keep, **self._commit_request}
+        if not request:
+            return
+        offsets = {TopicPartition(self.config.topic, p): OffsetAndMetadata(o, "", -1) for p, o in request.items()}
+        try:
+            self._consumer.commit(offsets=offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+        except Exception as exc:  # CommitFailedError after broker trouble, timeouts, ...: survive and retry
+            log.warning("offset commit failed (%s: %s); will retry", type(exc).__name__, exc)
+            if not final:
+                with self._lock:
+                    self._commit_request = {**request, **self._commit_request}
+                self._commit_not_before = time.monotonic() + COMMIT_RETRY_S
