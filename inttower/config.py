@@ -42,6 +42,9 @@ class DemoConfig:
     partitions: int = field(default=4, metadata={"ge": 1})
     format: Literal["json", "arrow"] = "arrow"
     topic: str = "demo-clicks"
+    # Events per training batch (and per Arrow message): one pass over the stream, so
+    # smaller batches mean more optimizer steps.
+    batch_events: int = field(default=512, metadata={"ge": 2})
     # The first is the daemon's model; the others train as shadows on the same batches.
     models: tuple[Literal["inttower", "two_tower", "lr"], ...] = ("inttower", "two_tower")
     history_every_events: int = field(default=2_000, metadata={"ge": 1})

@@ -48,7 +48,7 @@ def run_demo(config: AppConfig, workdir: Path, events: int | None = None) -> dic
     started = time.monotonic()
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         stream = dataclasses.replace(config.stream, bootstrap_servers=(broker.bootstrap,), topic=demo.topic,
-                                     dead_letter_topic=f"{demo.topic}.dead-letter")
+                                     dead_letter_topic=f"{demo.topic}.dead-letter", max_batch_events=demo.batch_events)
         create_topic(broker.bootstrap, stream.topic, demo.partitions)
         create_topic(broker.bootstrap, stream.dead_letter_topic, 1)
         print(f"broker on {broker.bootstrap} (pid {broker.pid}); topic {stream.topic} with {demo.partitions} partitions")
@@ -67,7 +67,8 @@ def run_demo(config: AppConfig, workdir: Path, events: int | None = None) -> dic
 
         def produce() -> None:
             try:
-                summary = replay(table, stream, rate=None, speedup=None, fmt=demo.format, progress=False)
+                summary = replay(table, stream, rate=None, speedup=None, fmt=demo.format,
+                                 arrow_batch_events=demo.batch_events, progress=False)
                 print(f"replay done: {summary.events} events in {summary.seconds:.1f} s ({summary.events_per_s:.0f}/s, {demo.format})")
             except BaseException as exc:  # surfaced below; the daemon is stopped
                 producer_error.append(exc)

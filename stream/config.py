@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 #: kafka-python's default fetch size per partition; the consumer never asks for less.
-DEFAULT_PARTITION_FETCH_BYTES = 1_048_576
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,15 @@ class StreamConfig:
     max_batch_events: int = field(default=2048, metadata={"ge": 1})
     max_batch_ms: int = field(default=200, metadata={"ge": 1})
     max_message_bytes: int = field(default=4_194_304, metadata={"ge": 1024})
+    # Bytes fetched per partition per request. Small values interleave partitions, so a
+    # backlog (a replay, a restart) is consumed in roughly event-time order across
+    # partitions instead of one partition's whole history after another. A message
+    # larger than this is still returned whole (the protocol returns the first batch).
+    max_partition_fetch_bytes: int = field(default=131_072, metadata={"ge": 1024})
+    # Bytes per fetch response over all partitions (soft, like the per-partition limit).
+    # Tansu fills a response from the first partition up to this limit, so it must stay
+    # small for the interleaving above to happen there.
+    fetch_max_bytes: int = field(default=524_288, metadata={"ge": 1024})
     session_timeout_ms: int = field(default=6000, metadata={"ge": 1000})
     heartbeat_interval_ms: int = field(default=1000, metadata={"ge": 100})
     request_timeout_ms: int = field(default=30000, metadata={"ge": 1000})

@@ -33,7 +33,7 @@ from kafka.structs import OffsetAndMetadata
 
 from stream.broker import BrokerUnavailableError, wait_for_broker
 from stream.codec import RawMessage, Reject, count_events, decode_messages
-from stream.config import DEFAULT_PARTITION_FETCH_BYTES, StreamConfig, kafka_client_options, resolve_check_crcs
+from stream.config import StreamConfig, kafka_client_options, resolve_check_crcs
 from stream.events import EventSchema
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,6 @@ COMMIT_RETRY_S = 1.0
 CONSUMER_CLOSE_TIMEOUT_MS = 5000
 #: How long `close` waits for the polling thread (poll + commit + consumer close, with margin).
 THREAD_JOIN_TIMEOUT_S = 15.0
-#: Fetch room above the largest accepted message (record batch framing).
-FETCH_OVERHEAD_BYTES = 64 * 1024
-DEFAULT_FETCH_MAX_BYTES = 52_428_800
 CLIENT_ID = "inttower-stream"
 
 
@@ -159,7 +156,7 @@ class ClickStreamConsumer:
 
         options = kafka_client_options(config)
         wait_for_broker(config.bootstrap_servers, config.startup_timeout_s, options)
-        fetch_bytes = max(DEFAULT_PARTITION_FETCH_BYTES, config.max_message_bytes + FETCH_OVERHEAD_BYTES)
+        fetch_bytes = config.max_partition_fetch_bytes
         check_crcs = resolve_check_crcs(config)
         if not check_crcs and config.check_crcs is None:
             log.info("record CRC checks off: the native crc32c package is not installed (set check_crcs = true to force them)")
@@ -173,7 +170,7 @@ class ClickStreamConsumer:
                 heartbeat_interval_ms=config.heartbeat_interval_ms,
                 max_poll_records=config.max_batch_events,
                 max_partition_fetch_bytes=fetch_bytes,
-                fetch_max_bytes=max(DEFAULT_FETCH_MAX_BYTES, fetch_bytes),
+                fetch_max_bytes=config.fetch_max_bytes,
                 check_crcs=check_crcs,
                 **options,
             )
@@ -373,13 +370,18 @@ class ClickStreamConsumer:
         )
 
     def _seek(self, tps: Sequence[TopicPartition]) -> None:
-        """Seek each partition to this consumer's own next offset, or to the earliest one."""
+        """Seek each partition to this consumer's own next offset, or to the earliest one.
+
+        Earliest offsets are looked up for all partitions in one request and sought to
+        explicitly: left to kafka-python's lazy reset, the partitions get positions one
+        after another and the first one's whole backlog is fetched before the others
+        start, so a backlog is not consumed in event-time order across partitions.
+        """
+        unknown = [tp for tp in tps if self._positions.get(tp.partition) is None]
+        earliest = self._consumer.beginning_offsets(unknown) if unknown else {}
         for tp in tps:
             position = self._positions.get(tp.partition)
-            if position is None:
-                self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, position)
+            self._consumer.seek(tp, earliest[tp] if position is None else position)
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
