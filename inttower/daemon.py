@@ -104,6 +104,7 @@ class TrainingDaemon:
         self._last_event = time.monotonic()
         self._events_at_status = 0
         self._next_history = config.daemon.history_every_events
+        self._event_time_ms = 0
 
     def _slot(self, name: str) -> ModelSlot:
         torch.manual_seed(self.config.train.seed)
@@ -211,8 +212,12 @@ class TrainingDaemon:
             self._last_event = time.monotonic()
         self.offsets.update(batch.next_offsets)
         self.events += rows
+        if rows:
+            # Event-time high-water mark: batches alternate between partitions, so a
+            # batch's own times jitter; the running maximum is monotone.
+            self._event_time_ms = max(self._event_time_ms, int(np.max(batch.table.column("ts").to_numpy())))
         if rows and self.events >= self._next_history:
-            self._record_history(int(np.max(batch.table.column("ts").to_numpy())))
+            self._record_history(self._event_time_ms)
             self._next_history = self.events + self.config.daemon.history_every_events
 
     def _record_history(self, event_ts_ms: int) -> None:

@@ -45,16 +45,39 @@ class LossParts:
     l2: torch.Tensor
 
 
+#: Below this many rows, CPU GEMM kernels switch to other code paths (seen: 1-3 rows)
+#: whose rounding differs in the last bit; eval-mode encoding pads small batches to it.
+MIN_ENCODE_ROWS = 16
+
+
+def _row_invariant(encode, inputs: TowerInputs, training: bool) -> torch.Tensor:
+    rows = len(inputs)
+    if training or rows == 0 or rows >= MIN_ENCODE_ROWS:
+        return encode(inputs)
+    padded = inputs.select(torch.arange(MIN_ENCODE_ROWS, device=inputs.numeric.device) % rows)  # repeat the rows we have
+    return encode(padded)[:rows]
+
+
 class PreRanker(nn.Module, ABC):
     """Base class of IntTower, the two-tower baseline and logistic regression."""
 
-    @abstractmethod
     def encode_user(self, user: TowerInputs) -> torch.Tensor:
         """What scoring needs from the user side, computed once per user."""
+        return _row_invariant(self._encode_user, user, self.training)
+
+    def encode_items(self, item: TowerInputs) -> torch.Tensor:
+        """Item vectors from item features only: (N, H, p), the shape the index stores.
+
+        In eval mode a row's vector is bit-identical whatever else is in the batch, which
+        is what lets the index store items ahead of time and re-encode any subset.
+        """
+        return _row_invariant(self._encode_items, item, self.training)
 
     @abstractmethod
-    def encode_items(self, item: TowerInputs) -> torch.Tensor:
-        """Item vectors from item features only: (N, H, p), the shape the index stores."""
+    def _encode_user(self, user: TowerInputs) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _encode_items(self, item: TowerInputs) -> torch.Tensor: ...
 
     @abstractmethod
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

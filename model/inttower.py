@@ -158,10 +158,10 @@ class IntTower(PreRanker):
         return self.fe.bias
 
     # -- the decoupled serving API ----------------------------------------------------
-    def encode_user(self, user: TowerInputs) -> torch.Tensor:
+    def _encode_user(self, user: TowerInputs) -> torch.Tensor:
         return self.fe.prepare(torch.stack(self._user_heads(user), dim=1))  # (B, L, H, p)
 
-    def encode_items(self, item: TowerInputs) -> torch.Tensor:
+    def _encode_items(self, item: TowerInputs) -> torch.Tensor:
         return self.fe.prepare(self._item_heads(item))  # (N, H, p)
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

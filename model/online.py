@@ -130,7 +130,8 @@ class OnlineTrainer:
         self.model.train()
         with _batch_norm_frozen_if(len(batch) < 2, self.model), self._precision():
             output = self.model(batch)
-            parts = self.model.loss(batch, output, self.window.negatives())
+            negatives = self.window.negatives() if self.steps >= self.online.cir_window_warmup_steps else None
+            parts = self.model.loss(batch, output, negatives)
         reason = None
         loss_value = float(parts.total.detach())
         self.optimizer.zero_grad(set_to_none=True)

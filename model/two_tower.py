@@ -35,11 +35,11 @@ class TwoTower(PreRanker):
         self.fe = FEBlock("cosine", 1, 1, config.initial_scale)
         init_linear_(self, config.linear_init_std)
 
-    def encode_user(self, user: TowerInputs) -> torch.Tensor:
+    def _encode_user(self, user: TowerInputs) -> torch.Tensor:
         _, out = self.user_encoder(user)
         return F.normalize(out, dim=-1).view(out.shape[0], 1, 1, -1)  # (B, 1, 1, D)
 
-    def encode_items(self, item: TowerInputs) -> torch.Tensor:
+    def _encode_items(self, item: TowerInputs) -> torch.Tensor:
         _, out = self.item_encoder(item)
         return F.normalize(out, dim=-1).view(out.shape[0], 1, -1)  # (N, 1, D)
 
@@ -79,10 +79,10 @@ class LogisticRegression(PreRanker):
         logit = weights(inputs).sum(dim=(1, 2))
         return logit if numeric is None else logit + numeric(inputs.numeric).squeeze(-1)
 
-    def encode_user(self, user: TowerInputs) -> torch.Tensor:
+    def _encode_user(self, user: TowerInputs) -> torch.Tensor:
         return self._side(self.user_weights, self.user_numeric, user).view(-1, 1, 1, 1)
 
-    def encode_items(self, item: TowerInputs) -> torch.Tensor:
+    def _encode_items(self, item: TowerInputs) -> torch.Tensor:
         return self._side(self.item_weights, self.item_numeric, item).view(-1, 1, 1)
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

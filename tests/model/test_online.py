@@ -108,14 +108,30 @@ def test_restored_trainer_continues_exactly():
 
 @pytest.mark.slow
 def test_prequential_training_learns_the_synthetic_stream():
-    table = generate_synthetic_log(SyntheticLogConfig(events=20_000, seed=1, shift_at=1.0))
+    table = generate_synthetic_log(SyntheticLogConfig(events=30_000, seed=1, shift_at=1.0))
     encoder = FeatureEncoder(ModelConfig().features)
     trainer = OnlineTrainer(build_model(replace(ModelConfig(), hidden=(64, 64, 32))), TrainConfig(), OnlineConfig())
     probabilities, labels = [], []
-    for start in range(0, table.num_rows, 512):
-        result = trainer.step(encoder.encode(table.slice(start, 512)))
+    for start in range(0, table.num_rows, 256):
+        result = trainer.step(encoder.encode(table.slice(start, 256)))
         probabilities.append(result.probabilities)
         labels.append(result.labels)
     late = slice(len(probabilities) // 2, None)
     auc = roc_auc(np.concatenate(labels[late]), np.concatenate(probabilities[late]))
-    assert auc > 0.65, auc
+    assert auc > 0.68, auc
+
+
+def test_window_negatives_wait_for_the_warm_up():
+    torch.manual_seed(0)
+    trainer = OnlineTrainer(build_model(SMALL), TrainConfig(), OnlineConfig(cir_window=64, cir_window_warmup_steps=2))
+    seen = []
+    original = trainer.model.loss
+
+    def spy(batch, output=None, negatives=None):
+        seen.append(negatives is not None)
+        return original(batch, output, negatives)
+
+    trainer.model.loss = spy
+    for batch in _batches(4):
+        trainer.step(batch)
+    assert seen == [False, False, True, True]
