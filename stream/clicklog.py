@@ -25,6 +25,11 @@ TOWER_COLUMNS: tuple[str, ...] = ("user", "item")
 OPTIONAL_TOWER_COLUMNS: tuple[str, ...] = ("context",)  # user-tower side, optional
 
 
+def click_log_schema(user: pa.StructType, item: pa.StructType) -> pa.Schema:
+    """The identity columns followed by the two tower structs, as every log writer uses."""
+    return pa.schema([*IDENTITY_COLUMNS.items(), ("user", user), ("item", item)])
+
+
 class ClickLogError(ValueError):
     """A click-log file does not follow the contract; the message names file and column."""
 

@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+
+from stream.clicklog import click_log_schema
 import pyarrow.compute as pc
 
 from stream.delimited import (
@@ -86,17 +88,7 @@ ITEM_STRUCT = pa.struct(
     [("item_id", pa.int64()), ("genres", pa.list_(pa.string())), ("year", pa.int64())]
 )
 #: The table `import_movielens` returns: the click-log identity columns plus both towers.
-MOVIELENS_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("ts", pa.int64()),
-        ("user_id", pa.int64()),
-        ("item_id", pa.int64()),
-        ("label", pa.int8()),
-        ("user", USER_STRUCT),
-        ("item", ITEM_STRUCT),
-    ]
-)
+MOVIELENS_SCHEMA = click_log_schema(USER_STRUCT, ITEM_STRUCT)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stream.clicklog import click_log_schema
+
 # ---- population shape (fixed so the feature spec's vocabularies stay small and stable)
 N_SEGMENTS = 20
 N_AGE_BUCKETS = 6
@@ -79,17 +81,7 @@ ITEM_STRUCT = pa.struct(
     [("item_id", pa.int64()), ("category", pa.string()), ("tags", pa.list_(pa.string())), ("price", pa.float64())]
 )
 #: The table the generator yields: the click-log identity columns plus both towers.
-SYNTHETIC_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("ts", pa.int64()),
-        ("user_id", pa.int64()),
-        ("item_id", pa.int64()),
-        ("label", pa.int8()),
-        ("user", USER_STRUCT),
-        ("item", ITEM_STRUCT),
-    ]
-)
+SYNTHETIC_SCHEMA = click_log_schema(USER_STRUCT, ITEM_STRUCT)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,23 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from stream.events import EventSchema
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: What the decoder validates for the synthetic stream's fields (`stream.synthetic`).
+SYNTHETIC_EVENT_SCHEMA = EventSchema.of(
+    [
+        ("user_id", "categorical", "user"),
+        ("segment", "categorical", "user"),
+        ("age_bucket", "categorical", "user"),
+        ("device", "categorical", "user"),
+        ("item_id", "categorical", "item"),
+        ("category", "categorical", "item"),
+        ("tags", "multi_categorical", "item"),
+        ("price", "numeric", "item"),
+    ]
+)
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 

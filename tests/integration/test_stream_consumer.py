@@ -20,23 +20,13 @@ from stream.dead_letter import DeadLetterWriter
 from stream.events import EventSchema
 from stream.replay import partition_for_key, replay
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
+from tests.conftest import SYNTHETIC_EVENT_SCHEMA
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 PARTITIONS = 4
 EVENTS = 20_000
-SCHEMA = EventSchema.of(
-    [
-        ("user_id", "categorical", "user"),
-        ("segment", "categorical", "user"),
-        ("age_bucket", "categorical", "user"),
-        ("device", "categorical", "user"),
-        ("item_id", "categorical", "item"),
-        ("category", "categorical", "item"),
-        ("tags", "multi_categorical", "item"),
-        ("price", "numeric", "item"),
-    ]
-)
+SCHEMA = SYNTHETIC_EVENT_SCHEMA
 MakeConfig = Callable[..., StreamConfig]
 
 

@@ -32,21 +32,11 @@ from stream.codec import (
 )
 from stream.events import EventSchema
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
+from tests.conftest import SYNTHETIC_EVENT_SCHEMA
 
 MAX_BYTES = 1 << 20
 
-SCHEMA = EventSchema.of(
-    [
-        ("user_id", "categorical", "user"),
-        ("segment", "categorical", "user"),
-        ("age_bucket", "categorical", "user"),
-        ("device", "categorical", "user"),
-        ("item_id", "categorical", "item"),
-        ("category", "categorical", "item"),
-        ("tags", "multi_categorical", "item"),
-        ("price", "numeric", "item"),
-    ]
-)
+SCHEMA = SYNTHETIC_EVENT_SCHEMA
 
 
 @pytest.fixture(scope="module")
