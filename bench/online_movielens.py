@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         create_topic(broker.bootstrap, topic, 1)
         stream = dataclasses.replace(config.stream, bootstrap_servers=(broker.bootstrap,), topic=topic,
                                      dead_letter_topic=f"{topic}.dead-letter", max_batch_events=STREAM_BATCH)
-        summary = replay(table, stream, rate=None, speedup=None, fmt="arrow", progress=False)
+        summary = replay(table, stream, fmt="arrow", arrow_batch_events=STREAM_BATCH, progress=False)
         print(f"replayed {summary.events} events into {topic} ({summary.events_per_s:.0f}/s)")
         for seed in range(args.seeds):
             recorder = PredictionRecorder()

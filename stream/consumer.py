@@ -153,6 +153,7 @@ class ClickStreamConsumer:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._closed = False
+        self._warned_large_message = False
 
         options = kafka_client_options(config)
         wait_for_broker(config.bootstrap_servers, config.startup_timeout_s, options)
@@ -353,8 +354,9 @@ class ClickStreamConsumer:
             taken.append(pending.messages.popleft())
             events += count
             pending.events -= count
-        if len(taken) == 1 and events > limit:
-            log.warning("one message holds %d events > max_batch_events %d: it forms a batch on its own", events, limit)
+        if len(taken) == 1 and events > limit and not self._warned_large_message:
+            self._warned_large_message = True  # once: a producer doing this does it for every message
+            log.warning("a message holds %d events > max_batch_events %d: such messages form batches on their own", events, limit)
         decoded = decode_messages(taken, self.schema, self.config.max_message_bytes)
         first: dict[int, int] = {}
         for message in taken:

@@ -239,3 +239,30 @@ def test_unreachable_broker_at_startup_is_one_line_and_exit_code_3(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("inttower: error")]
     assert len(lines) == 1 and "127.0.0.1" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_replay_command_produces_the_log_in_both_formats(broker, tmp_path):
+    from stream.clicklog import write_click_log
+
+    table = generate_synthetic_log(SyntheticLogConfig(events=3000, seed=5))
+    log = write_click_log(table, tmp_path / "log.parquet")
+    for fmt in ("json", "arrow"):
+        topic = f"replayed-{fmt}"
+        create_topic(broker.bootstrap, topic, 2)
+        result = subprocess.run(
+            [sys.executable, "-m", "inttower.cli", "replay", str(log), "--topic", topic, "--bootstrap", broker.bootstrap,
+             "--format", fmt, "--max"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "replayed 3000 events" in result.stdout
+        reader = KafkaConsumer(bootstrap_servers=broker.bootstrap, consumer_timeout_ms=3000)
+        reader.assign([TopicPartition(topic, p) for p in range(2)])
+        reader.seek_to_beginning()
+        messages = list(reader)
+        reader.close()
+        if fmt == "json":
+            assert len(messages) == 3000
+        else:
+            import pyarrow as pa
+
+            assert sum(pa.ipc.open_stream(m.value).read_all().num_rows for m in messages) == 3000
