@@ -104,7 +104,8 @@ class TrainingDaemon:
         self._last_event = time.monotonic()
         self._events_at_status = 0
         self._next_history = config.daemon.history_every_events
-        self._event_time_ms = 0
+        self._history_ts: list[np.ndarray] = []
+        self._history_time_ms = 0
 
     def _slot(self, name: str) -> ModelSlot:
         torch.manual_seed(self.config.train.seed)
@@ -213,11 +214,15 @@ class TrainingDaemon:
         self.offsets.update(batch.next_offsets)
         self.events += rows
         if rows:
-            # Event-time high-water mark: batches alternate between partitions, so a
-            # batch's own times jitter; the running maximum is monotone.
-            self._event_time_ms = max(self._event_time_ms, int(np.max(batch.table.column("ts").to_numpy())))
+            self._history_ts.append(batch.table.column("ts").to_numpy())
         if rows and self.events >= self._next_history:
-            self._record_history(self._event_time_ms)
+            # Batches alternate between partitions, each a little ahead or behind in event
+            # time: a point sits at the median event time of the events since the last one,
+            # kept monotone so the history reads as a time series.
+            median = int(np.median(np.concatenate(self._history_ts)))
+            self._history_time_ms = max(self._history_time_ms, median)
+            self._record_history(self._history_time_ms)
+            self._history_ts.clear()
             self._next_history = self.events + self.config.daemon.history_every_events
 
     def _record_history(self, event_ts_ms: int) -> None:

@@ -54,11 +54,11 @@ class StreamConfig:
     # backlog (a replay, a restart) is consumed in roughly event-time order across
     # partitions instead of one partition's whole history after another. A message
     # larger than this is still returned whole (the protocol returns the first batch).
-    max_partition_fetch_bytes: int = field(default=131_072, metadata={"ge": 1024})
+    max_partition_fetch_bytes: int = field(default=65_536, metadata={"ge": 1024})
     # Bytes per fetch response over all partitions (soft, like the per-partition limit).
     # Tansu fills a response from the first partition up to this limit, so it must stay
     # small for the interleaving above to happen there.
-    fetch_max_bytes: int = field(default=524_288, metadata={"ge": 1024})
+    fetch_max_bytes: int = field(default=131_072, metadata={"ge": 1024})
     session_timeout_ms: int = field(default=6000, metadata={"ge": 1000})
     heartbeat_interval_ms: int = field(default=1000, metadata={"ge": 100})
     request_timeout_ms: int = field(default=30000, metadata={"ge": 1000})
