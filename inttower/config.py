@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from inttower.errors import ConfigError
+from index_sync.config import IndexSyncConfig
 from model.config import ModelConfig, OnlineConfig, TrainConfig
 from stream.config import StreamConfig
 from stream.movielens import MovieLensImport
@@ -83,6 +84,7 @@ class AppConfig:
     online: OnlineConfig = field(default_factory=OnlineConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    index: IndexSyncConfig = field(default_factory=IndexSyncConfig)
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 

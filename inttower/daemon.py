@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -22,6 +23,9 @@ import pyarrow as pa
 import torch
 
 from inttower.config import AppConfig
+from index_sync.catalogue import ItemCatalogue
+from index_sync.disk import VersionWriter
+from index_sync.sync import IndexSync
 from inttower.errors import UserError
 from model.audit import TrainedEventLog
 from model.build import build_model
@@ -37,7 +41,7 @@ from stream.events import EventField, EventSchema
 
 log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
-STATE_PART = "state.json"
+CATALOGUE_PART = "catalogue.parquet"
 
 
 def event_schema(features: tuple[FeatureField, ...]) -> EventSchema:
@@ -92,6 +96,7 @@ class TrainingDaemon:
         names = (config.model.kind, *[k for k in config.daemon.shadow_models if k != config.model.kind])
         self.slots = [self._slot(name) for name in names]
         self.store = CheckpointStore(config.daemon.checkpoint_dir, config.daemon.keep_checkpoints)
+        self.index_sync = self._index_sync() if config.index.enabled else None
         self.audit = TrainedEventLog(config.daemon.audit_log) if config.daemon.audit_log else None
         self.offsets: dict[int, int] = {}
         self.events = 0
@@ -112,6 +117,14 @@ class TrainingDaemon:
         model = build_model(replace(self.config.model, kind=name)).to(self.device)
         window = self.config.daemon.metric_window
         return ModelSlot(name, OnlineTrainer(model, self.config.train, self.config.online), RollingAUC(window), RollingLogLoss(window))
+
+    def _index_sync(self) -> IndexSync:
+        """The primary model's item index; versions go to disk when index_dir is set."""
+        sync = IndexSync(self.config.index, self.slots[0].trainer.model, self.encoder)
+        if self.config.index.index_dir:
+            writer = VersionWriter(Path(self.config.index.index_dir), self.config.index.keep_versions)
+            sync.on_publish.append(writer.write)
+        return sync
 
     # -- checkpoints -------------------------------------------------------------------
     def restore(self) -> bool:
@@ -134,6 +147,10 @@ class TrainingDaemon:
                 raise UserError(f"{checkpoint.path}: does not match the model config ({first}); use another daemon.checkpoint_dir") from None
             slot.auc.load_state_dict(meta["metrics"][slot.name]["auc"])
             slot.logloss.load_state_dict(meta["metrics"][slot.name]["logloss"])
+        if self.index_sync is not None and checkpoint.has(CATALOGUE_PART):
+            catalogue = ItemCatalogue.from_parquet_bytes(checkpoint.read(CATALOGUE_PART), self.config.index.max_items)
+            self.index_sync.catalogue = catalogue
+            self.index_sync.dirty.touch(catalogue.item_ids())  # the first sync re-publishes every item
         self.offsets = {int(p): int(o) for p, o in meta["offsets"].items()}
         self.events = int(meta["events"])
         self.dead_lettered = Counter(meta["dead_lettered"])
@@ -150,6 +167,8 @@ class TrainingDaemon:
             buffer = io.BytesIO()
             torch.save(slot.trainer.state_dict(), buffer)
             parts[slot.part] = buffer.getvalue()
+        if self.index_sync is not None:
+            parts[CATALOGUE_PART] = self.index_sync.catalogue.to_parquet_bytes()
         if self.audit is not None:
             self.audit.sync()
         metadata = {
@@ -161,6 +180,8 @@ class TrainingDaemon:
             "metrics": {s.name: {"auc": s.auc.state_dict(), "logloss": s.logloss.state_dict()} for s in self.slots},
         }
         written = self.store.save(parts, metadata)
+        if self.index_sync is not None:
+            self.index_sync.checkpoint_name = str(written.path)
         self.checkpoints_written += 1
         self._events_at_checkpoint = self.events
         self._last_checkpoint = time.monotonic()
@@ -173,6 +194,8 @@ class TrainingDaemon:
         consumer = ClickStreamConsumer(self.config.stream, self.schema, start_offsets=dict(self.offsets))
         dead_letters = DeadLetterWriter(self.config.stream)
         self._last_event = time.monotonic()
+        if self.index_sync is not None:
+            self.index_sync.start()
         try:
             while not self.stop.is_set() and not self._should_stop():
                 batch = consumer.next_batch(timeout_s=POLL_TIMEOUT_S)
@@ -180,6 +203,8 @@ class TrainingDaemon:
                     self._process(batch, dead_letters)
                 self._timers(consumer)
         finally:
+            if self.index_sync is not None:
+                self.index_sync.stop()
             self.checkpoint()
             consumer.commit(dict(self.offsets))
             consumer.close()
@@ -208,6 +233,8 @@ class TrainingDaemon:
                 slot.logloss.update(result.labels, result.probabilities)
                 if i == 0 and result.stepped and self.audit is not None:
                     self.audit.append(batch.table.column("event_id").to_pylist())
+            if self.index_sync is not None:
+                self.index_sync.observe(batch.table)
             for observer in self.observers:
                 observer.on_batch(batch.table, results)
             self._last_event = time.monotonic()
@@ -230,6 +257,8 @@ class TrainingDaemon:
             slot.history.append({"events": self.events, "event_ts_ms": event_ts_ms, "auc": slot.auc.get(), "logloss": slot.logloss.get()})
 
     def _timers(self, consumer: ClickStreamConsumer) -> None:
+        if self.index_sync is not None:
+            self.index_sync.serve_handoff()
         now = time.monotonic()
         daemon = self.config.daemon
         if now - self._last_commit >= daemon.commit_every_s:

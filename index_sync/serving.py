@@ -1,0 +1,102 @@
+"""Scoring and retrieval for readers, from one consistent (index version, model) snapshot.
+
+`score` runs the user side once and applies the model's own scorer to the candidates'
+stored vectors: FE-Block sum-of-max for IntTower, the inner product for Two-Tower — the
+paper's O(N + kM) serving shape. `retrieve` is multi-vector retrieval as ColBERT does
+late interaction: every user head searches all item heads, the union of the hits is
+re-scored exactly. Every result names the index version it read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from index_sync.version import IndexVersion, items_of
+from model.base import PreRanker
+from model.features import FeatureEncoder
+
+#: Hits per user head in `retrieve`, as a multiple of k (more = better recall, slower).
+HITS_PER_HEAD_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class ServingSnapshot:
+    """An index version and the model (eval mode, never trained again) that goes with it."""
+
+    version: IndexVersion
+    model: PreRanker
+
+
+@dataclass(frozen=True)
+class Scores:
+    version: int
+    item_ids: np.ndarray  # as asked
+    probabilities: np.ndarray  # NaN where unknown
+    known: np.ndarray  # False: the id is not in this version (flagged, not an error)
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    version: int
+    item_ids: np.ndarray  # best first
+    probabilities: np.ndarray
+
+
+class IndexNotReadyError(RuntimeError):
+    """No index version has been published yet."""
+
+
+class Reader:
+    """score / retrieve over whatever ``snapshots`` returns now (in-process or on-disk).
+
+    Thread-safe for CPU indexes: each call takes one snapshot reference and uses only it.
+    """
+
+    def __init__(self, encoder: FeatureEncoder, snapshots: Callable[[], ServingSnapshot | None]) -> None:
+        self.encoder = encoder
+        self._snapshots = snapshots
+
+    def _snapshot(self) -> ServingSnapshot:
+        snapshot = self._snapshots()
+        if snapshot is None:
+            raise IndexNotReadyError("no index version has been published yet")
+        return snapshot
+
+    @torch.no_grad()
+    def _user(self, model: PreRanker, user_features: pa.Table) -> torch.Tensor:
+        return model.encode_user(self.encoder.encode_tower(user_features, "user"))
+
+    @torch.no_grad()
+    def score(self, user_features: pa.Table, candidate_ids: np.ndarray) -> Scores:
+        """Click probabilities of one user (a one-row table with its ``user`` struct) for candidates."""
+        snapshot = self._snapshot()
+        candidate_ids = np.asarray(candidate_ids, dtype=np.int64)
+        user = self._user(snapshot.model, user_features)
+        vectors, known = snapshot.version.vectors(candidate_ids)
+        probabilities = np.full(candidate_ids.size, np.nan, dtype=np.float64)
+        if known.any():
+            logits = snapshot.model.score(user, torch.from_numpy(vectors[known]))
+            probabilities[known] = torch.sigmoid(logits).numpy()
+        return Scores(snapshot.version.version, candidate_ids, probabilities, known)
+
+    @torch.no_grad()
+    def retrieve(self, user_features: pa.Table, k: int) -> Retrieved:
+        """Top-k items of the whole index for one user: per-head search, union, exact re-score."""
+        snapshot = self._snapshot()
+        version = snapshot.version
+        user = self._user(snapshot.model, user_features)  # (1, L, H_u, p)
+        queries = np.ascontiguousarray(user.reshape(-1, version.dim).numpy(), dtype=np.float32)
+        hits = min(version.index.ntotal, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
+        if hits == 0:
+            return Retrieved(version.version, np.zeros(0, np.int64), np.zeros(0))
+        _, rows = version.index.search(queries, hits)
+        candidates = np.unique(items_of(rows[rows >= 0], version.heads))
+        vectors, _ = version.vectors(candidates)
+        logits = snapshot.model.score(user, torch.from_numpy(vectors)).numpy()
+        best = np.argsort(-logits, kind="stable")[:k]
+        return Retrieved(version.version, candidates[best], 1.0 / (1.0 + np.exp(-logits[best])))

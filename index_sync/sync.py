@@ -1,0 +1,212 @@
+"""Keeps the item index following the trainer: dirty syncs, full refreshes, drift.
+
+Who does what:
+- the training thread calls `observe` after each step (catalogue update, dirty marks) and
+  `serve_handoff` between steps: when a sync is due it drains the dirty ids and takes a
+  snapshot of the weights (milliseconds) — the only time a sync holds training up;
+- the scheduler thread (apscheduler) encodes with that snapshot in eval mode, builds the
+  next version off the read path and publishes it, then measures how far untouched
+  items have drifted from what the index holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from index_sync.catalogue import ItemCatalogue
+from index_sync.config import IndexSyncConfig
+from index_sync.dirty import DirtyItemTracker
+from index_sync.index import LiveIndex
+from index_sync.serving import ServingSnapshot
+from index_sync.version import IndexVersion
+from model.base import PreRanker
+from model.features import FeatureEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one sync or full refresh did (also what monitoring exports)."""
+
+    version: int
+    full: bool
+    items_encoded: int
+    items_removed: int
+    seconds: float
+    handoff_seconds: float  # time the training thread spent handing over
+    oldest_dirty_age_s: float | None  # freshness of what this sync published
+    untouched_drift: float | None  # mean cosine distance of sampled untouched items
+
+
+@dataclass
+class _Handoff:
+    full: bool
+    item_ids: np.ndarray
+    first_touched: np.ndarray
+    evicted: np.ndarray
+    model: PreRanker
+    seconds: float
+
+
+def item_vector_shape(model: PreRanker, encoder: FeatureEncoder, sample: pa.Table) -> tuple[int, int]:
+    """(H, p) of the model's item vectors, from encoding one catalogue row."""
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        heads, dim = model.encode_items(encoder.encode_tower(sample, "item")).shape[1:]
+        model.train(was)
+    return int(heads), int(dim)
+
+
+class IndexSync:
+    """Owns the catalogue, the dirty set and the live index of one trainer's model."""
+
+    def __init__(self, config: IndexSyncConfig, model: PreRanker, encoder: FeatureEncoder) -> None:
+        self.config = config
+        self.model = model
+        self.encoder = encoder
+        self.catalogue = ItemCatalogue(config.max_items)
+        self.dirty = DirtyItemTracker()
+        self.index: LiveIndex | None = None  # created at the first sync, when H and p are known
+        self.snapshot: ServingSnapshot | None = None  # what in-process readers use
+        self.reports: list[SyncReport] = []
+        self.checkpoint_name: str | None = None
+        self._evicted: list[np.ndarray] = []
+        self._request: queue.Queue[bool] = queue.Queue()
+        self._handoffs: queue.Queue[_Handoff] = queue.Queue()
+        self._scheduler: BackgroundScheduler | None = None
+        self._job_lock = threading.Lock()
+        self._rng = np.random.default_rng(0)
+        self.on_publish: list = []
+
+    # -- training thread -----------------------------------------------------------------
+    def observe(self, table: pa.Table, now: float | None = None) -> None:
+        """After a step: remember the items' latest features and mark them dirty."""
+        result = self.catalogue.update(table.select(["item_id", "item"]))
+        if result.evicted.size:
+            self._evicted.append(result.evicted)
+        self.dirty.touch(np.unique(table.column("item_id").to_numpy()), now)
+
+    def serve_handoff(self) -> None:
+        """Between steps: if the sync job asked, hand over dirty ids and a weight snapshot."""
+        while True:
+            try:
+                full = self._request.get_nowait()
+            except queue.Empty:
+                return
+            started = time.perf_counter()
+            ids, times = self.dirty.drain()
+            evicted = np.concatenate(self._evicted) if self._evicted else np.zeros(0, np.int64)
+            self._evicted.clear()
+            snapshot = copy.deepcopy(self.model).eval()
+            for p in snapshot.parameters():
+                p.requires_grad_(False)
+            self._handoffs.put(_Handoff(full, ids, times, evicted, snapshot, time.perf_counter() - started))
+
+    # -- scheduler thread ------------------------------------------------------------------
+    def run_job(self, full: bool = False) -> SyncReport | None:
+        """Ask the training thread for a handoff, then encode and publish (one job at a time)."""
+        with self._job_lock:
+            self._request.put(full)
+            try:
+                handoff = self._handoffs.get(timeout=self.config.handoff_timeout_s)
+            except queue.Empty:
+                log.warning("index sync skipped: the training loop did not hand over within %.0f s",
+                            self.config.handoff_timeout_s)
+                return None
+            try:
+                return self.publish(handoff)
+            except Exception:
+                self.dirty.restore(handoff.item_ids, handoff.first_touched)  # retried next sync
+                raise
+
+    def publish(self, handoff: _Handoff) -> SyncReport:
+        started = time.perf_counter()
+        model = handoff.model
+        if handoff.full:
+            item_ids = self.catalogue.item_ids()
+        else:
+            item_ids = handoff.item_ids[self.catalogue.contains(handoff.item_ids)]  # evicted meanwhile: skip
+        if self.index is None:
+            if item_ids.size == 0:
+                return SyncReport(0, handoff.full, 0, 0, 0.0, handoff.seconds, None, None)
+            heads, dim = item_vector_shape(model, self.encoder, self.catalogue.features(item_ids[:1]))
+            self.index = LiveIndex(heads, dim)
+            self.index.on_publish.extend(self.on_publish)
+        drift = self._untouched_drift(model, exclude=item_ids) if not handoff.full else None
+        vectors = self.encode(model, item_ids)
+        if handoff.full:
+            version = self.index.publish_full(item_ids, vectors, checkpoint=self.checkpoint_name)
+        else:
+            version = self.index.publish_update(item_ids, vectors, handoff.evicted, checkpoint=self.checkpoint_name)
+        self.snapshot = ServingSnapshot(version, model)
+        now = time.time()
+        age = float(now - handoff.first_touched.min()) if handoff.first_touched.size else None
+        report = SyncReport(version.version, handoff.full, int(item_ids.size), int(handoff.evicted.size),
+                            time.perf_counter() - started, handoff.seconds, age, drift)
+        self.reports.append(report)
+        del self.reports[:-100]
+        return report
+
+    @torch.no_grad()
+    def encode(self, model: PreRanker, item_ids: np.ndarray) -> np.ndarray:
+        """(N, H, p) float32 vectors of catalogue items with ``model``'s item tower (eval mode)."""
+        assert self.index is not None
+        out = np.empty((item_ids.size, self.index.heads, self.index.dim), dtype=np.float32)
+        step = self.config.encode_batch
+        for start in range(0, item_ids.size, step):
+            chunk = self.catalogue.features(item_ids[start : start + step])
+            out[start : start + step] = model.encode_items(self.encoder.encode_tower(chunk, "item")).float().numpy()
+        return out
+
+    def _untouched_drift(self, model: PreRanker, exclude: np.ndarray) -> float | None:
+        """Mean cosine distance between indexed and current vectors of untouched items."""
+        current: IndexVersion | None = self.index.current if self.index is not None else None
+        if current is None or self.config.drift_sample == 0:
+            return None
+        candidates = np.setdiff1d(current.item_ids, exclude, assume_unique=False)
+        candidates = candidates[self.catalogue.contains(candidates)]
+        if candidates.size == 0:
+            return None
+        sample = self._rng.choice(candidates, size=min(self.config.drift_sample, candidates.size), replace=False)
+        stored, _ = current.vectors(sample)
+        fresh = self.encode(model, sample)
+        cosine = (stored * fresh).sum(-1) / (np.linalg.norm(stored, axis=-1) * np.linalg.norm(fresh, axis=-1) + 1e-12)
+        return float(1.0 - cosine.mean())
+
+    # -- scheduling -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run syncs every sync_interval_s and full refreshes every full_refresh_interval_s."""
+        self._scheduler = BackgroundScheduler(daemon=True)
+        self._scheduler.add_job(self._safe_job, "interval", seconds=self.config.sync_interval_s, args=[False],
+                                id="sync", max_instances=1, coalesce=True)
+        self._scheduler.add_job(self._safe_job, "interval", seconds=self.config.full_refresh_interval_s, args=[True],
+                                id="full-refresh", max_instances=1, coalesce=True)
+        self._scheduler.start()
+
+    def _safe_job(self, full: bool) -> None:
+        try:
+            report = self.run_job(full)
+            if report is not None and report.items_encoded:
+                log.info("index v%d: %s %d items in %.2f s (handoff %.1f ms)%s", report.version,
+                         "full refresh of" if full else "synced", report.items_encoded, report.seconds,
+                         report.handoff_seconds * 1e3,
+                         f", untouched drift {report.untouched_drift:.4f}" if report.untouched_drift is not None else "")
+        except Exception:  # a failed sync must not kill the scheduler; the dirty ids were restored
+            log.exception("index sync failed")
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
