@@ -26,8 +26,11 @@ class LiveIndex:
     metrics).
     """
 
-    def __init__(self, heads: int, dim: int, index_factory: Callable[[int], faiss.Index] = new_flat_index) -> None:
+    def __init__(
+        self, heads: int, dim: int, index_factory: Callable[[int], faiss.Index] = new_flat_index, first_version: int = 1
+    ) -> None:
         self.heads = heads
+        self._first_version = first_version  # > 1 after a restart: versions on disk keep increasing
         self.dim = dim
         self._factory = index_factory
         self._current: IndexVersion | None = None
@@ -40,7 +43,7 @@ class LiveIndex:
         return self._current
 
     def _next_number(self) -> int:
-        return 1 if self._current is None else self._current.version + 1
+        return self._first_version if self._current is None else self._current.version + 1
 
     def publish_update(
         self,

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +44,8 @@ class SyncReport:
     full: bool
     items_encoded: int
     items_removed: int
-    seconds: float
-    handoff_seconds: float  # time the training thread spent handing over
+    seconds: float  # from the job's request to the published swap (handoff wait included)
+    handoff_seconds: float  # time the training thread spent handing over (its only pause)
     oldest_dirty_age_s: float | None  # freshness of what this sync published
     untouched_drift: float | None  # mean cosine distance of sampled untouched items
 
@@ -88,7 +89,9 @@ class IndexSync:
         self._scheduler: BackgroundScheduler | None = None
         self._job_lock = threading.Lock()
         self._rng = np.random.default_rng(0)
-        self.on_publish: list = []
+        self.first_version = 1  # set past the versions already on disk after a restart
+        # Called in the publishing thread with each new ServingSnapshot (disk writers).
+        self.on_snapshot: list[Callable[[ServingSnapshot], None]] = []
 
     # -- training thread -----------------------------------------------------------------
     def observe(self, table: pa.Table, now: float | None = None) -> None:
@@ -118,6 +121,7 @@ class IndexSync:
     def run_job(self, full: bool = False) -> SyncReport | None:
         """Ask the training thread for a handoff, then encode and publish (one job at a time)."""
         with self._job_lock:
+            requested = time.perf_counter()
             self._request.put(full)
             try:
                 handoff = self._handoffs.get(timeout=self.config.handoff_timeout_s)
@@ -126,13 +130,13 @@ class IndexSync:
                             self.config.handoff_timeout_s)
                 return None
             try:
-                return self.publish(handoff)
+                return self.publish(handoff, requested)
             except Exception:
                 self.dirty.restore(handoff.item_ids, handoff.first_touched)  # retried next sync
                 raise
 
-    def publish(self, handoff: _Handoff) -> SyncReport:
-        started = time.perf_counter()
+    def publish(self, handoff: _Handoff, requested: float | None = None) -> SyncReport:
+        started = time.perf_counter() if requested is None else requested
         model = handoff.model
         if handoff.full:
             item_ids = self.catalogue.item_ids()
@@ -142,8 +146,7 @@ class IndexSync:
             if item_ids.size == 0:
                 return SyncReport(0, handoff.full, 0, 0, 0.0, handoff.seconds, None, None)
             heads, dim = item_vector_shape(model, self.encoder, self.catalogue.features(item_ids[:1]))
-            self.index = LiveIndex(heads, dim)
-            self.index.on_publish.extend(self.on_publish)
+            self.index = LiveIndex(heads, dim, first_version=self.first_version)
         drift = self._untouched_drift(model, exclude=item_ids) if not handoff.full else None
         vectors = self.encode(model, item_ids)
         if handoff.full:
@@ -151,6 +154,8 @@ class IndexSync:
         else:
             version = self.index.publish_update(item_ids, vectors, handoff.evicted, checkpoint=self.checkpoint_name)
         self.snapshot = ServingSnapshot(version, model)
+        for callback in self.on_snapshot:
+            callback(self.snapshot)
         now = time.time()
         age = float(now - handoff.first_touched.min()) if handoff.first_touched.size else None
         report = SyncReport(version.version, handoff.full, int(item_ids.size), int(handoff.evicted.size),

@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "job skipped: still running" is expected
     try:
         args.run(args)
     except BrokerUnavailableError as exc:

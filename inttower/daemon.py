@@ -24,7 +24,7 @@ import torch
 
 from inttower.config import AppConfig
 from index_sync.catalogue import ItemCatalogue
-from index_sync.disk import VersionWriter
+from index_sync.snapshot_files import SnapshotWriter
 from index_sync.sync import IndexSync
 from inttower.errors import UserError
 from model.audit import TrainedEventLog
@@ -122,8 +122,9 @@ class TrainingDaemon:
         """The primary model's item index; versions go to disk when index_dir is set."""
         sync = IndexSync(self.config.index, self.slots[0].trainer.model, self.encoder)
         if self.config.index.index_dir:
-            writer = VersionWriter(Path(self.config.index.index_dir), self.config.index.keep_versions)
-            sync.on_publish.append(writer.write)
+            writer = SnapshotWriter(Path(self.config.index.index_dir), self.config.index.keep_versions)
+            sync.first_version = (writer.last_version or 0) + 1
+            sync.on_snapshot.append(writer.write)
         return sync
 
     # -- checkpoints -------------------------------------------------------------------
