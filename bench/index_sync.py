@@ -3,12 +3,13 @@
     python -m bench.index_sync [--items 1000000]
 
 With the default IntTower (4 heads x 32 dims an item) and a catalogue of 1M items:
-- sync time for 1k, 10k and 100k dirty items (encode + build the next version + swap),
-  split into encoding and publishing, for the clone layout;
+- sync time for 1k, 10k and 100k dirty items: encoding, and publishing (build the next
+  version off the read path + swap) with the clone layout and with base + delta;
 - the full refresh of every item;
 - reader latency (score 1,000 candidates for one user) idle and while versions are
   being published back to back, p50 / p99 and the ratio;
-- resident memory of one live version and of two (a reader still holding the old one).
+- resident memory of one live version and of two (a reader still holding the old one),
+  per layout.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from index_sync.catalogue import ItemCatalogue
 from index_sync.config import IndexSyncConfig
+from index_sync.index import LiveIndex
 from index_sync.serving import Reader
 from index_sync.sync import IndexSync, _Handoff
 from model.build import build_model
@@ -88,31 +90,51 @@ def main(argv: list[str] | None = None) -> None:
     print(f"catalogue of {len(sync.catalogue):,} items built in {time.perf_counter() - started:.1f} s; "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
-    rss_before = _rss_mb()
     full = sync.publish(_handoff(model, np.zeros(0, np.int64), full=True))
-    one_version = _rss_mb() - rss_before
     print(f"\nfull refresh of {full.items_encoded:,} items: {full.seconds:.2f} s "
           f"({full.items_encoded / full.seconds:,.0f} items/s, encoding included)")
+    all_ids = sync.index.current.item_ids
+    all_vectors, _ = sync.index.current.vectors(all_ids)
 
-    print("\n| dirty items of %s | encode s | publish (clone + remove + add + swap) s | total s |" % f"{args.items:,}")
-    print("|---|---|---|---|")
     rng = np.random.default_rng(1)
-    for n in DIRTY:
-        ids = np.sort(rng.choice(np.arange(1, args.items + 1), n, replace=False))
+    dirty = {n: np.sort(rng.choice(all_ids, n, replace=False)) for n in DIRTY}
+    encode_s = {}
+    encoded = {}
+    for n, ids in dirty.items():
         t0 = time.perf_counter()
-        vectors = sync.encode(model, ids)
-        t1 = time.perf_counter()
-        sync.index.publish_update(ids, vectors)
-        t2 = time.perf_counter()
-        print(f"| {n:,} | {t1 - t0:.3f} | {t2 - t1:.3f} | {t2 - t0:.3f} |")
-
-    held = sync.index.current  # a reader still on the old version while the next is live
-    gc.collect()
-    rss_one = _rss_mb()
-    sync.index.publish_update(np.arange(1, 1001, dtype=np.int64), sync.encode(model, np.arange(1, 1001, dtype=np.int64)))
-    gc.collect()
-    two_versions = _rss_mb() - rss_one + one_version
-    del held
+        encoded[n] = sync.encode(model, ids)
+        encode_s[n] = time.perf_counter() - t0
+    publish_s: dict[str, dict[int, float]] = {}
+    memory: dict[str, tuple[float, float]] = {}
+    for layout in ("clone", "delta"):
+        gc.collect()
+        before = _rss_mb()
+        live = LiveIndex(sync.index.heads, sync.index.dim, layout=layout)
+        live.publish_full(all_ids, all_vectors)
+        one = _rss_mb() - before
+        publish_s[layout] = {}
+        for n, ids in dirty.items():
+            t0 = time.perf_counter()
+            live.publish_update(ids, encoded[n])
+            publish_s[layout][n] = time.perf_counter() - t0
+        held = live.current  # a reader still on it while the next goes live
+        live.publish_update(dirty[DIRTY[0]], encoded[DIRTY[0]])
+        gc.collect()
+        memory[layout] = (one, _rss_mb() - before)
+        del held, live
+    print(f"\n| dirty items of {args.items:,} | encode s | publish s, clone layout | publish s, base + delta | clone / delta |")
+    print("|---|---|---|---|---|")
+    for n in DIRTY:
+        c, d = publish_s["clone"][n], publish_s["delta"][n]
+        print(f"| {n:,} | {encode_s[n]:.3f} | {c:.3f} | {d:.3f} | {c / d:.1f}x |")
+    print("(publish = build the next version off the read path + swap; the delta is cumulative across the rows,"
+          " as it is between two full refreshes)")
+    print("\n| layout | resident MB, one version | resident MB, two live versions (old still held) |")
+    print("|---|---|---|")
+    for layout, (one, two) in memory.items():
+        print(f"| {layout} | {one:,.0f} | {two:,.0f} |")
+    vectors_mb = all_ids.size * sync.index.heads * sync.index.dim * 4 / 2**20
+    print(f"({all_ids.size:,} items x {sync.index.heads} heads x {sync.index.dim} dims x 4 B = {vectors_mb:,.0f} MB of vectors)")
 
     from index_sync.serving import ServingSnapshot
 
@@ -141,9 +163,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| idle | {_p(idle, 0.5):.2f} | {_p(idle, 0.99):.2f} |")
     print(f"| during swaps ({swaps[0]} versions published meanwhile) | {_p(busy, 0.5):.2f} | {_p(busy, 0.99):.2f} |")
     print(f"| ratio | {_p(busy, 0.5) / _p(idle, 0.5):.2f}x | {_p(busy, 0.99) / _p(idle, 0.99):.2f}x |")
-    print(f"\nresident memory: one live version ~{one_version:,.0f} MB; two (old one still held) ~{two_versions:,.0f} MB "
-          f"({full.items_encoded:,} items x {sync.index.heads} heads x {sync.index.dim} dims x 4 B = "
-          f"{full.items_encoded * sync.index.heads * sync.index.dim * 4 / 2**20:,.0f} MB of vectors)")
     print("(2 shared CPU cores: the reader and the publisher compete for them)")
 
 

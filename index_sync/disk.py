@@ -125,7 +125,7 @@ class VersionWriter:
             )
         name = index_file_name(version.version)
         path = self.directory / name
-        size, sha256 = _write_index_hashed(version.index, path)
+        size, sha256 = _write_index_hashed(version.merged_index(), path)  # base + delta: merged, O(items)
         manifest = Manifest(
             version=version.version,
             item_count=version.item_count,

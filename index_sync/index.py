@@ -1,8 +1,11 @@
 """The live item index: readers take the current version; the sync job publishes the next.
 
-Publishing builds the next version off the read path (clone the current index, remove
-the ids being replaced or evicted, add the new vectors) and swaps it in with one
-reference assignment, which is atomic in CPython: a reader that took the old version
+Publishing builds the next version off the read path and swaps it in with one
+reference assignment. Two layouts: "clone" copies the whole current index, removes the
+ids being replaced or evicted and adds the new vectors (O(catalogue) per sync);
+"delta" keeps the last full refresh as a shared base and copies only a small delta of
+recent re-encodes, masking their base entries (O(dirty) per sync; see IndexVersion).
+A swap is one reference assignment, which is atomic in CPython: a reader that took the old version
 finishes on it, a reader that comes after sees the new one, none sees a half-built one.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -27,9 +31,17 @@ class LiveIndex:
     """
 
     def __init__(
-        self, heads: int, dim: int, index_factory: Callable[[int], faiss.Index] = new_flat_index, first_version: int = 1
+        self,
+        heads: int,
+        dim: int,
+        index_factory: Callable[[int], faiss.Index] = new_flat_index,
+        first_version: int = 1,
+        layout: Literal["clone", "delta"] = "delta",
+        delta_merge_fraction: float = 0.2,
     ) -> None:
         self.heads = heads
+        self.layout = layout
+        self.delta_merge_fraction = delta_merge_fraction
         self._first_version = first_version  # > 1 after a restart: versions on disk keep increasing
         self.dim = dim
         self._factory = index_factory
@@ -61,13 +73,35 @@ class LiveIndex:
         self._check(item_ids, vectors)
         with self._publish_lock:
             base = self._current
-            index = faiss.clone_index(base.index) if base is not None else self._factory(self.dim)
+            if self.layout == "delta" and base is not None:
+                return self._publish_delta(base, item_ids, vectors, removed_ids, checkpoint)
+            index = faiss.clone_index(base.merged_index()) if base is not None else self._factory(self.dim)
             stale = item_ids if removed_ids is None else np.union1d(item_ids, np.asarray(removed_ids, dtype=np.int64))
             if base is not None and stale.size:
                 index.remove_ids(head_ids(stale, self.heads))  # add_with_ids does not deduplicate
             if item_ids.size:
                 index.add_with_ids(np.ascontiguousarray(vectors.reshape(-1, self.dim), dtype=np.float32), head_ids(item_ids, self.heads))
             return self._swap(index, checkpoint)
+
+    def _publish_delta(
+        self, base: IndexVersion, item_ids: np.ndarray, vectors: np.ndarray, removed_ids: np.ndarray | None,
+        checkpoint: str | None,
+    ) -> IndexVersion:
+        """Base + delta: copy only the delta (O(dirty)); the base is shared, its stale items masked."""
+        stale = item_ids if removed_ids is None else np.union1d(item_ids, np.asarray(removed_ids, dtype=np.int64))
+        delta = faiss.clone_index(base.delta) if base.delta is not None else self._factory(self.dim)
+        in_delta = np.intersect1d(stale, base.delta_item_ids)
+        if in_delta.size:
+            delta.remove_ids(head_ids(in_delta, self.heads))
+        if item_ids.size:
+            delta.add_with_ids(np.ascontiguousarray(vectors.reshape(-1, self.dim), dtype=np.float32), head_ids(item_ids, self.heads))
+        masked = np.union1d(base.masked, np.intersect1d(stale, base.base_item_ids, assume_unique=True))
+        delta_items = np.union1d(np.setdiff1d(base.delta_item_ids, stale, assume_unique=True), item_ids)
+        extra = {"delta": delta, "masked": masked, "base_items": base.base_item_ids, "delta_items": delta_items}
+        if delta.ntotal + masked.size * self.heads > self.delta_merge_fraction * max(base.index.ntotal, 1):
+            merged = IndexVersion(0, base.index, self.heads, self.dim, **extra).merged_index()
+            return self._swap(merged, checkpoint)  # the delta outgrew its use: fold it into a new base
+        return self._swap(base.index, checkpoint, **extra)
 
     def publish_full(self, item_ids: np.ndarray, vectors: np.ndarray, checkpoint: str | None = None) -> IndexVersion:
         """Next version = exactly these items (a full refresh); nothing is cloned."""
@@ -79,8 +113,8 @@ class LiveIndex:
                 index.add_with_ids(np.ascontiguousarray(vectors.reshape(-1, self.dim), dtype=np.float32), head_ids(item_ids, self.heads))
             return self._swap(index, checkpoint)
 
-    def _swap(self, index: faiss.Index, checkpoint: str | None) -> IndexVersion:
-        version = IndexVersion(self._next_number(), index, self.heads, self.dim, checkpoint)
+    def _swap(self, index: faiss.Index, checkpoint: str | None, **layout) -> IndexVersion:
+        version = IndexVersion(self._next_number(), index, self.heads, self.dim, checkpoint, **layout)
         self._current = version  # the one reference swap readers observe
         for callback in self.on_publish:
             callback(version)

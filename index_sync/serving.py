@@ -91,10 +91,10 @@ class Reader:
         version = snapshot.version
         user = self._user(snapshot.model, user_features)  # (1, L, H_u, p)
         queries = np.ascontiguousarray(user.reshape(-1, version.dim).numpy(), dtype=np.float32)
-        hits = min(version.index.ntotal, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
+        hits = min(version.item_count * version.heads, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
         if hits == 0:
             return Retrieved(version.version, np.zeros(0, np.int64), np.zeros(0))
-        _, rows = version.index.search(queries, hits)
+        rows = version.search(queries, hits)
         candidates = np.unique(items_of(rows[rows >= 0], version.heads))
         vectors, _ = version.vectors(candidates)
         logits = snapshot.model.score(user, torch.from_numpy(vectors)).numpy()

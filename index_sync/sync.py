@@ -146,7 +146,8 @@ class IndexSync:
             if item_ids.size == 0:
                 return SyncReport(0, handoff.full, 0, 0, 0.0, handoff.seconds, None, None)
             heads, dim = item_vector_shape(model, self.encoder, self.catalogue.features(item_ids[:1]))
-            self.index = LiveIndex(heads, dim, first_version=self.first_version)
+            self.index = LiveIndex(heads, dim, first_version=self.first_version, layout=self.config.layout,
+                                   delta_merge_fraction=self.config.delta_merge_fraction)
         drift = self._untouched_drift(model, exclude=item_ids) if not handoff.full else None
         vectors = self.encode(model, item_ids)
         if handoff.full:

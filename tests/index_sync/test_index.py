@@ -90,3 +90,32 @@ def test_retrieve_finds_the_exact_top_k_of_a_small_index(kind):
 def test_reader_before_any_version_is_a_clear_error():
     with pytest.raises(IndexNotReadyError):
         Reader(FeatureEncoder(SMALL.features), lambda: None).score(make_synthetic_like_table(1), np.array([1]))
+
+
+@pytest.mark.parametrize("merge_fraction", [0.05, 10.0], ids=["merging", "growing-delta"])
+def test_delta_layout_serves_exactly_what_the_clone_layout_serves(merge_fraction):
+    rng = np.random.default_rng(3)
+    clone = LiveIndex(heads=2, dim=4, layout="clone")
+    delta = LiveIndex(heads=2, dim=4, layout="delta", delta_merge_fraction=merge_fraction)
+    ids = np.arange(1, 201)
+    vectors = _vectors(200, seed=1)
+    for live in (clone, delta):
+        live.publish_full(ids, vectors)
+    for step in range(30):
+        touched = np.unique(rng.integers(1, 260, 15))  # some new items, some re-encoded
+        removed = np.unique(rng.integers(1, 260, 3))
+        removed = np.setdiff1d(removed, touched)
+        new_vectors = _vectors(touched.size, seed=100 + step)
+        a = clone.publish_update(touched, new_vectors, removed)
+        b = delta.publish_update(touched, new_vectors, removed)
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
+        probe = np.arange(0, 265)
+        va, ka = a.vectors(probe)
+        vb, kb = b.vectors(probe)
+        np.testing.assert_array_equal(ka, kb)
+        np.testing.assert_array_equal(va, vb)
+        queries = _vectors(3, heads=1, seed=900 + step)[:, 0]
+        top_a = a.search(queries, 10)
+        top_b = b.search(queries, 10)
+        np.testing.assert_array_equal(np.sort(top_a, axis=1), np.sort(top_b, axis=1))
+    assert (delta.current.delta is not None) == (merge_fraction > 1)
