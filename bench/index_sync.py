@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         live.publish_full(all_ids, all_vectors)
         one = _rss_mb() - before
         publish_s[layout] = {}
+        live.publish_update(dirty[DIRTY[0]][:100], encoded[DIRTY[0]][:100])  # warm-up: first-use costs
         for n, ids in dirty.items():
             t0 = time.perf_counter()
             live.publish_update(ids, encoded[n])

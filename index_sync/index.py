@@ -99,8 +99,9 @@ class LiveIndex:
         delta_items = np.union1d(np.setdiff1d(base.delta_item_ids, stale, assume_unique=True), item_ids)
         extra = {"delta": delta, "masked": masked, "base_items": base.base_item_ids, "delta_items": delta_items}
         if delta.ntotal + masked.size * self.heads > self.delta_merge_fraction * max(base.index.ntotal, 1):
-            merged = IndexVersion(0, base.index, self.heads, self.dim, **extra).merged_index()
-            return self._swap(merged, checkpoint)  # the delta outgrew its use: fold it into a new base
+            folded = IndexVersion(0, base.index, self.heads, self.dim, **extra)
+            # The delta outgrew its use: fold it into a new base.
+            return self._swap(folded.merged_index(), checkpoint, base_items=folded.item_ids)
         return self._swap(base.index, checkpoint, **extra)
 
     def publish_full(self, item_ids: np.ndarray, vectors: np.ndarray, checkpoint: str | None = None) -> IndexVersion:
@@ -111,7 +112,7 @@ class LiveIndex:
             index = self._factory(self.dim)
             if item_ids.size:
                 index.add_with_ids(np.ascontiguousarray(vectors.reshape(-1, self.dim), dtype=np.float32), head_ids(item_ids, self.heads))
-            return self._swap(index, checkpoint)
+            return self._swap(index, checkpoint, base_items=np.unique(item_ids))
 
     def _swap(self, index: faiss.Index, checkpoint: str | None, **layout) -> IndexVersion:
         version = IndexVersion(self._next_number(), index, self.heads, self.dim, checkpoint, **layout)

@@ -279,10 +279,19 @@ class TrainingDaemon:
         quality = "  ".join(f"{s.name} auc {s.auc.get():.4f} logloss {s.logloss.get():.4f}" for s in self.slots)
         skipped = sum(sum(s.trainer.skipped.values()) for s in self.slots)
         log.info(
-            "events %d (%.0f/s)  lag %d  %s  dead-lettered %d  skipped steps %d  checkpoint %.0f s ago",
+            "events %d (%.0f/s)  lag %d  %s  dead-lettered %d  skipped steps %d  checkpoint %.0f s ago%s",
             self.events, rate, lag, quality, sum(self.dead_lettered.values()), skipped, now - self._last_checkpoint,
+            self._index_status(),
         )
         self._last_status, self._events_at_status = now, self.events
+
+    def _index_status(self) -> str:
+        snapshot = self.index_sync.snapshot if self.index_sync is not None else None
+        if snapshot is None:
+            return ""
+        age = self.index_sync.dirty.oldest_age()
+        return (f"  index v{snapshot.version.version} ({snapshot.version.item_count} items, "
+                f"oldest unsynced {0.0 if age is None else age:.1f} s)")
 
     def _should_stop(self) -> bool:
         daemon = self.config.daemon

@@ -34,6 +34,20 @@ def _mean(points: list[dict], key: str, after_ms: int | None = None, before_ms: 
     return sum(values) / len(values) if values else float("nan")
 
 
+def _index_summary(daemon: TrainingDaemon) -> dict | None:
+    sync = daemon.index_sync
+    if sync is None or sync.snapshot is None:
+        return None
+    syncs = [r for r in sync.reports if not r.full]
+    return {
+        "version": sync.snapshot.version.version,
+        "items": sync.snapshot.version.item_count,
+        "syncs": len(syncs),
+        "mean_sync_s": round(sum(r.seconds for r in syncs) / max(len(syncs), 1), 3),
+        "max_handoff_ms": round(1e3 * max((r.handoff_seconds for r in sync.reports), default=0.0), 2),
+    }
+
+
 def run_demo(config: AppConfig, workdir: Path, events: int | None = None) -> dict:
     demo = config.demo
     events = events or demo.events
@@ -59,7 +73,9 @@ def run_demo(config: AppConfig, workdir: Path, events: int | None = None) -> dic
             stop_after_events=events,
             history_every_events=demo.history_every_events,
         )
-        app = dataclasses.replace(config, stream=stream, daemon=daemon_config,
+        index = dataclasses.replace(config.index, enabled=True, index_dir=str(workdir / "index"))
+        shutil.rmtree(workdir / "index", ignore_errors=True)
+        app = dataclasses.replace(config, stream=stream, daemon=daemon_config, index=index,
                                   model=dataclasses.replace(config.model, kind=demo.models[0]))
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)  # a demo always starts from scratch
         stop = threading.Event()
@@ -99,6 +115,7 @@ def run_demo(config: AppConfig, workdir: Path, events: int | None = None) -> dic
         "partitions": demo.partitions,
         "dead_lettered": result.dead_lettered,
         "checkpoints": result.checkpoints,
+        "index": _index_summary(daemon),
         "shift_event_ts_ms": shift_ts,
         "models": {
             name: {
@@ -113,6 +130,9 @@ def run_demo(config: AppConfig, workdir: Path, events: int | None = None) -> dic
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"demo done in {seconds:.0f} s: {result.events} events; report {report}; summary {workdir / 'summary.json'}")
+    if summary["index"]:
+        print(f"  item index: version {summary['index']['version']}, {summary['index']['items']} items, "
+              f"{summary['index']['syncs']} syncs (mean {summary['index']['mean_sync_s']} s) in {workdir / 'index'}")
     for name, m in summary["models"].items():
         print(f"  {name:<10} streaming AUC {m['final_auc']}, logloss {m['final_logloss']} "
               f"(mean AUC before shift {m['mean_auc_before_shift']}, after {m['mean_auc_after_shift']})")
