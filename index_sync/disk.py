@@ -39,6 +39,7 @@ from pathlib import Path
 import faiss
 
 from index_sync.version import IndexVersion
+from model.checkpoint import atomic_write_bytes, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class VersionWriter:
             bytes=size,
             sha256=sha256,
         )
-        _atomic_write(self.directory / MANIFEST_NAME, json.dumps(asdict(manifest), indent=2).encode())
+        atomic_write_bytes(self.directory / MANIFEST_NAME, json.dumps(asdict(manifest), indent=2).encode())
         self.last_version = version.version
         self._remove_old()
         logger.info("index version %d written: %s (%d bytes)", version.version, path, size)
@@ -171,26 +172,8 @@ def _write_index_hashed(index: faiss.Index, path: Path) -> tuple[int, str]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return size, digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_version_file(directory: Path, manifest: Manifest, verify: bool = True, mmap: bool = True) -> IndexVersion:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from index_sync.disk import IndexReader, VersionWriter
 from index_sync.serving import ServingSnapshot
 from model.base import PreRanker
+from model.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 MODEL_FILE = re.compile(r"^index-(\d{10})\.model\.pt$")
@@ -45,13 +45,7 @@ class SnapshotWriter:
     def write(self, snapshot: ServingSnapshot) -> None:
         buffer = io.BytesIO()
         torch.save({k: v.cpu() for k, v in snapshot.model.state_dict().items()}, buffer)
-        path = self.directory / model_file_name(snapshot.version.version)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        atomic_write_bytes(self.directory / model_file_name(snapshot.version.version), buffer.getvalue())
         self.versions.write(snapshot.version)  # the manifest is written last
         models = sorted(p for p in self.directory.iterdir() if MODEL_FILE.match(p.name))
         for old in models[: -self.keep]:

@@ -51,12 +51,27 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable (the directory entry itself)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, tmp_suffix: str = TMP_SUFFIX) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename over ``path``, fsync the dir.
+
+    Readers see the old file or the new one, never a partial one, even across a crash.
+    """
+    tmp = path.with_name(path.name + tmp_suffix)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 class CheckpointStore:
@@ -93,9 +108,9 @@ class CheckpointStore:
             manifest = {"sequence": sequence, "created_at": created_at, "parts": checksums, "metadata": metadata}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
             _fsync_file(tmp / MANIFEST)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             tmp.rename(final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(f"cannot write checkpoint under {self.directory}: {exc}") from exc
