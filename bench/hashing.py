@@ -50,7 +50,7 @@ def throughput(n: int) -> None:
     strings = pa.array([f"user-{x}" for x in rng.integers(0, 10**9, n)])
     salt = salt_for("user_id")
     baseline_n = min(n, 200_000)
-    print(f"| input | bucketize values/s | per-value hashlib values/s | ratio |")
+    print("| input | bucketize values/s | per-value hashlib values/s | ratio |")
     print("|---|---|---|---|")
     for name, values in (("int64 ids", ints), ("string ids", strings)):
         ours = n / _best_of(lambda: bucketize(values, BUCKETS, salt))

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             offline[name]["logloss"].append(run.test.logloss)
             print(f"  [seed {seed}] offline {name}: test AUC {run.test.auc:.4f} logloss {run.test.logloss:.4f}", flush=True)
 
-    print(f"\n| model | online prequential AUC | online logloss | offline time-split AUC | offline logloss |")
+    print("\n| model | online prequential AUC | online logloss | offline time-split AUC | offline logloss |")
     print("|---|---|---|---|---|")
     for name in MODELS:
         print(f"| {name} | {_fmt(online[name]['auc'])} | {_fmt(online[name]['logloss'])} | "

@@ -17,7 +17,6 @@ from stream.codec import ARROW_HEADERS, BAD_LABEL, INVALID_JSON, NON_FINITE, OVE
 from stream.config import StreamConfig
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
-from stream.events import EventSchema
 from stream.replay import partition_for_key, replay
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
 from tests.conftest import SYNTHETIC_EVENT_SCHEMA

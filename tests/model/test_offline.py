@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from inttower.config import load_config
-from model.config import TrainConfig
 from model.experiment import split_rows, train_and_test
 from model.features import FeatureEncoder
 from stream.movielens import import_movielens
