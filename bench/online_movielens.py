@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             app = dataclasses.replace(
                 config, stream=dataclasses.replace(stream, group_id=f"bench-{seed}"), daemon=daemon_config,
                 model=dataclasses.replace(config.model, kind=MODELS[0]), train=dataclasses.replace(config.train, seed=seed),
+                monitoring=dataclasses.replace(config.monitoring, port=0),
             )
             started = time.perf_counter()
             TrainingDaemon(app, threading.Event(), observers=[recorder]).run()

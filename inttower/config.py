@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 from inttower.errors import ConfigError
 from index_sync.config import IndexSyncConfig
 from model.config import ModelConfig, OnlineConfig, TrainConfig
+from monitoring.config import MonitoringConfig
 from stream.config import StreamConfig
 from stream.movielens import MovieLensImport
 from stream.synthetic import SyntheticLogConfig
@@ -85,6 +86,7 @@ class AppConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     index: IndexSyncConfig = field(default_factory=IndexSyncConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 

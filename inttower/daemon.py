@@ -27,6 +27,7 @@ from index_sync.catalogue import ItemCatalogue
 from index_sync.snapshot_files import SnapshotWriter
 from index_sync.sync import IndexSync
 from inttower.errors import UserError
+from inttower.telemetry import Telemetry
 from model.audit import TrainedEventLog
 from model.build import build_model
 from model.checkpoint import CheckpointStore
@@ -97,6 +98,7 @@ class TrainingDaemon:
         self.slots = [self._slot(name) for name in names]
         self.store = CheckpointStore(config.daemon.checkpoint_dir, config.daemon.keep_checkpoints)
         self.index_sync = self._index_sync() if config.index.enabled else None
+        self.telemetry = Telemetry(config.monitoring, [s.name for s in self.slots]) if config.monitoring.enabled else None
         self.audit = TrainedEventLog(config.daemon.audit_log) if config.daemon.audit_log else None
         self.offsets: dict[int, int] = {}
         self.events = 0
@@ -181,6 +183,8 @@ class TrainingDaemon:
             "metrics": {s.name: {"auc": s.auc.state_dict(), "logloss": s.logloss.state_dict()} for s in self.slots},
         }
         written = self.store.save(parts, metadata)
+        if self.telemetry is not None:
+            self.telemetry.on_checkpoint(time.perf_counter() - started)
         if self.index_sync is not None:
             self.index_sync.checkpoint_name = str(written.path)
         self.checkpoints_written += 1
@@ -195,6 +199,8 @@ class TrainingDaemon:
         consumer = ClickStreamConsumer(self.config.stream, self.schema, start_offsets=dict(self.offsets))
         dead_letters = DeadLetterWriter(self.config.stream)
         self._last_event = time.monotonic()
+        if self.telemetry is not None:
+            self.telemetry.serve()
         if self.index_sync is not None:
             self.index_sync.start()
         try:
@@ -212,6 +218,8 @@ class TrainingDaemon:
             dead_letters.close()
             if self.audit is not None:
                 self.audit.close()
+            if self.telemetry is not None:
+                self.telemetry.close()
         return DaemonSummary(
             events=self.events,
             dead_lettered=dict(self.dead_lettered),
@@ -225,9 +233,9 @@ class TrainingDaemon:
             dead_letters.write(batch.rejects, self.config.stream.topic)
             self.dead_lettered.update(r.reason for r in batch.rejects)
         rows = batch.table.num_rows
+        results: dict[str, StepResult] = {}
         if rows:
             features = self.encoder.encode(batch.table)
-            results = {}
             for i, slot in enumerate(self.slots):
                 result = results[slot.name] = slot.trainer.step(features)
                 slot.auc.update(result.labels, result.probabilities)
@@ -239,6 +247,8 @@ class TrainingDaemon:
             for observer in self.observers:
                 observer.on_batch(batch.table, results)
             self._last_event = time.monotonic()
+        if self.telemetry is not None:
+            self.telemetry.on_batch(batch, results)
         self.offsets.update(batch.next_offsets)
         self.events += rows
         if rows:
@@ -260,6 +270,10 @@ class TrainingDaemon:
     def _timers(self, consumer: ClickStreamConsumer) -> None:
         if self.index_sync is not None:
             self.index_sync.serve_handoff()
+        if self.telemetry is not None:
+            self.telemetry.on_lag(consumer.lag())
+            if self.index_sync is not None:
+                self.telemetry.on_index(self.index_sync)
         now = time.monotonic()
         daemon = self.config.daemon
         if now - self._last_commit >= daemon.commit_every_s:

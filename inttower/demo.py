@@ -75,7 +75,8 @@ def run_demo(config: AppConfig, workdir: Path, events: int | None = None) -> dic
         )
         index = dataclasses.replace(config.index, enabled=True, index_dir=str(workdir / "index"))
         shutil.rmtree(workdir / "index", ignore_errors=True)
-        app = dataclasses.replace(config, stream=stream, daemon=daemon_config, index=index,
+        monitoring = dataclasses.replace(config.monitoring, port=0)  # any free port: the demo may run beside a daemon
+        app = dataclasses.replace(config, stream=stream, daemon=daemon_config, index=index, monitoring=monitoring,
                                   model=dataclasses.replace(config.model, kind=demo.models[0]))
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)  # a demo always starts from scratch
         stop = threading.Event()

@@ -57,6 +57,8 @@ messages, vectorised). Import from `stream.codec`.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -193,6 +195,7 @@ def decode_messages(messages: Sequence[RawMessage], schema: EventSchema, max_mes
     rejects: list[Reject] = []
     parts: list[pa.Table] = []
     columns = JsonColumns(plan)
+    valid: Counter[int] = Counter()
     for message in messages:
         if len(message.value) > max_message_bytes:
             rejects.append(
@@ -206,11 +209,14 @@ def decode_messages(messages: Sequence[RawMessage], schema: EventSchema, max_mes
             table = decode_arrow_message(message, schema, target, rejects)
             if table is not None and table.num_rows:
                 parts.append(table)
+                valid[message.partition] += table.num_rows
         else:
             problem = columns.add(message.value)
             if problem is not None:
                 rejects.append(Reject(problem[0], message.partition, message.offset, message.value, problem[1]))
+            else:
+                valid[message.partition] += 1
     if columns.rows or not parts:
         parts.append(columns.to_table(target))
     table = parts[0] if len(parts) == 1 else pa.concat_tables(parts).combine_chunks()
-    return Decoded(table, rejects)
+    return Decoded(table, rejects, dict(valid))

@@ -70,6 +70,7 @@ class Batch:
     first_offsets: dict[int, int]
     messages: int
     closed_at: float
+    events_by_partition: dict[int, int] = field(default_factory=dict)  # valid rows per partition
 
     @property
     def events(self) -> int:
@@ -366,6 +367,7 @@ class ClickStreamConsumer:
             table=decoded.table,
             next_offsets=dict(self._positions),
             rejects=decoded.rejects,
+            events_by_partition=decoded.events_by_partition,
             first_offsets=first,
             messages=len(taken),
             closed_at=time.time(),

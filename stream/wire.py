@@ -10,7 +10,7 @@ one another in a circle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -74,6 +74,7 @@ class Decoded:
 
     table: pa.Table
     rejects: list[Reject]
+    events_by_partition: dict[int, int] = field(default_factory=dict)  # valid rows per source partition
 
 
 # ---- helpers shared by the decoders

@@ -20,6 +20,7 @@ from inttower.config import AppConfig, DaemonConfig
 from inttower.daemon import TrainingDaemon
 from model.audit import TrainedEventLog
 from model.config import ModelConfig, TrainConfig
+from monitoring.config import MonitoringConfig
 from stream.broker import create_topic
 from stream.codec import ARROW_HEADERS, ARROW_STREAM_MARKER, JSON_HEADERS, encode_json_event
 from stream.replay import replay
@@ -38,7 +39,8 @@ def _app(stream, tmp_path: Path, **daemon) -> AppConfig:
         checkpoint_dir=str(tmp_path / "checkpoints"), audit_log=str(tmp_path / "trained.txt"),
         status_every_s=1.0, commit_every_s=1.0, **daemon,
     )
-    return AppConfig(model=SMALL_MODEL, train=TrainConfig(threads=1), stream=stream, daemon=daemon_config)
+    return AppConfig(model=SMALL_MODEL, train=TrainConfig(threads=1), stream=stream, daemon=daemon_config,
+                     monitoring=MonitoringConfig(port=0))
 
 
 def _topics(broker) -> None:
@@ -174,6 +176,8 @@ session_timeout_ms = 2000
 heartbeat_interval_ms = 500
 request_timeout_ms = 10000
 startup_timeout_s = 3.0
+[monitoring]
+port = 0
 [daemon]
 checkpoint_dir = "{tmp_path / 'checkpoints'}"
 audit_log = "{tmp_path / 'trained.txt'}"
@@ -229,7 +233,7 @@ def test_unreachable_broker_at_startup_is_one_line_and_exit_code_3(tmp_path):
 
     config = tmp_path / "c.toml"
     config.write_text(f'[stream]\nbootstrap_servers = ["127.0.0.1:{free_port()}"]\nstartup_timeout_s = 2.0\n'
-                      f'[daemon]\ncheckpoint_dir = "{tmp_path / "ck"}"\n')
+                      f'[daemon]\ncheckpoint_dir = "{tmp_path / "ck"}"\n[monitoring]\nport = 0\n')
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "inttower.cli", "train", "--config", str(config)], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)

@@ -16,6 +16,7 @@ from index_sync.disk import latest_manifest
 from inttower.config import AppConfig, DaemonConfig
 from inttower.daemon import TrainingDaemon
 from model.config import ModelConfig, TrainConfig
+from monitoring.config import MonitoringConfig
 from stream.broker import create_topic
 from stream.replay import replay
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
@@ -76,7 +77,7 @@ def _app(stream, tmp_path, events, **index) -> AppConfig:
     return AppConfig(
         model=SMALL_MODEL, train=TrainConfig(threads=1), stream=stream,
         daemon=DaemonConfig(checkpoint_dir=str(tmp_path / "checkpoints"), stop_after_events=events, status_every_s=1.0),
-        index=IndexSyncConfig(enabled=True, **index),
+        index=IndexSyncConfig(enabled=True, **index), monitoring=MonitoringConfig(port=0),
     )
 
 

@@ -1,0 +1,143 @@
+"""What the daemon reports to Prometheus: the wiring between its loop and `monitoring`.
+
+Quality gauges (streaming AUC, logloss, calibration, AUC drift) are computed when
+Prometheus scrapes, from ring buffers the loop fills per batch: the exact AUC over a
+window costs a sort, which a scrape every few seconds can afford and a step cannot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from index_sync.sync import IndexSync, SyncReport
+from model.online import SKIP_NON_FINITE_GRADIENT, SKIP_NON_FINITE_LOSS, StepResult
+from monitoring.config import MonitoringConfig
+from monitoring.drift import LoglossDriftDetector
+from monitoring.metrics import TrainerMetrics, observe_many
+from monitoring.streaming import RollingAUC, RollingCalibration, RollingLogLoss
+from stream.codec import REJECT_REASONS
+from stream.consumer import Batch
+
+log = logging.getLogger("inttower.telemetry")
+MS = 1000.0
+
+
+@dataclass
+class ModelQuality:
+    """Rolling windows and the drift detector of one model."""
+
+    auc: dict[int, RollingAUC]
+    logloss: dict[int, RollingLogLoss]
+    calibration: RollingCalibration
+    drift: LoglossDriftDetector | None
+    detections: int = 0
+    history: list = field(default_factory=list)
+
+    def update(self, result: StepResult) -> int:
+        for window in (*self.auc.values(), *self.logloss.values(), self.calibration):
+            window.update(result.labels, result.probabilities)
+        found = self.drift.update(result.labels, result.probabilities) if self.drift is not None else 0
+        self.detections += found
+        return found
+
+
+class Telemetry:
+    """Owns the metrics of one daemon; every method is called from the training loop."""
+
+    def __init__(self, config: MonitoringConfig, models: list[str]) -> None:
+        self.config = config
+        self.metrics = TrainerMetrics()
+        windows = sorted(config.auc_windows)
+        self.quality: dict[str, ModelQuality] = {}
+        for name in models:
+            drift = None
+            if config.drift_detector == "page_hinkley":
+                drift = LoglossDriftDetector(config.drift_block_events, config.drift_threshold, config.drift_delta,
+                                             config.drift_min_blocks)
+            q = self.quality[name] = ModelQuality({w: RollingAUC(w) for w in windows}, {w: RollingLogLoss(w) for w in windows},
+                                                  RollingCalibration(windows[-1]), drift)
+            m = self.metrics
+            for w in windows:
+                m.streaming_auc.labels(name, str(w)).set_function(q.auc[w].get)
+                m.streaming_logloss.labels(name, str(w)).set_function(q.logloss[w].get)
+            m.calibration.labels(name).set_function(q.calibration.get)
+            short, long = q.auc[windows[0]], q.auc[windows[-1]]
+            m.auc_drift.labels(name).set_function(lambda s=short, l=long: s.get() - l.get())
+            # Series exist from the start, so rates and increase() see the first event.
+            m.optimizer_steps.labels(name)
+            m.drift_detections.labels(name)
+            for reason in (SKIP_NON_FINITE_LOSS, SKIP_NON_FINITE_GRADIENT):
+                m.skipped_steps.labels(name, reason)
+            m.step_duration.labels(name)
+        for reason in REJECT_REASONS:
+            self.metrics.events_dead_lettered.labels(reason)
+        for kind in ("sync", "full_refresh"):
+            self.metrics.index_sync_duration.labels(kind)
+        self._last_version_seen = 0
+        self._evicted_seen = 0
+        self.port: int | None = None
+
+    def serve(self) -> int:
+        self.port = self.metrics.serve(self.config.host, self.config.port)
+        log.info("metrics on http://%s:%d/metrics", self.config.host, self.port)
+        return self.port
+
+    def close(self) -> None:
+        self.metrics.close()
+
+    def on_batch(self, batch: Batch, results: dict[str, StepResult], now: float | None = None) -> None:
+        m = self.metrics
+        for partition, count in batch.events_by_partition.items():
+            m.events_consumed.labels(str(partition)).inc(count)
+        for reject in batch.rejects:
+            m.events_dead_lettered.labels(reject.reason).inc()
+        for name, result in results.items():
+            if result.stepped:
+                m.optimizer_steps.labels(name).inc()
+            else:
+                m.skipped_steps.labels(name, result.skipped_reason).inc()
+            m.step_duration.labels(name).observe(result.seconds)
+            if self.quality[name].update(result):
+                m.drift_detections.labels(name).inc()
+                log.warning("drift detected for %s: prequential logloss rose (block %d)", name,
+                            self.quality[name].drift.blocks)
+        if batch.table.num_rows and any(r.stepped for r in results.values()):
+            now = time.time() if now is None else now
+            event_ms = batch.table.column("ts").to_numpy()
+            observe_many(m.event_to_update, np.maximum(now - event_ms / MS, 0.0))
+
+    def on_lag(self, lag: dict[int, int]) -> None:
+        for partition, value in lag.items():
+            self.metrics.consumer_lag.labels(str(partition)).set(value)
+
+    def on_checkpoint(self, seconds: float) -> None:
+        self.metrics.checkpoint_duration.observe(seconds)
+        self.metrics.checkpoint_last.set(time.time())
+
+    def on_index(self, sync: IndexSync) -> None:
+        m = self.metrics
+        for report in sync.reports:
+            if report.version > self._last_version_seen:
+                self._index_report(report)
+                self._last_version_seen = report.version
+        age = sync.dirty.oldest_age()
+        m.index_freshness.set(0.0 if age is None else age)
+        evicted = sync.catalogue.evicted_total
+        if evicted > self._evicted_seen:
+            m.index_evicted.inc(evicted - self._evicted_seen)
+            self._evicted_seen = evicted
+        if sync.snapshot is not None:
+            m.index_version.set(sync.snapshot.version.version)
+            m.index_items.set(sync.snapshot.version.item_count)
+
+    def _index_report(self, report: SyncReport) -> None:
+        m = self.metrics
+        m.index_sync_duration.labels("full_refresh" if report.full else "sync").observe(report.seconds)
+        m.index_last_publish.set(time.time())
+        if report.untouched_drift is not None:
+            m.index_untouched_drift.set(report.untouched_drift)
