@@ -20,7 +20,7 @@ class MonitoringConfig:
     # The detector sees the mean logloss of each block of this many events (one value a
     # block keeps it cheap and its noise low).
     drift_block_events: int = field(default=1000, metadata={"ge": 10})
-    drift_threshold: float = field(default=0.5, metadata={"gt": 0.0})  # Page-Hinkley lambda
+    drift_threshold: float = field(default=0.1, metadata={"gt": 0.0})  # Page-Hinkley lambda (logloss units)
     drift_delta: float = field(default=0.01, metadata={"ge": 0.0})  # tolerated change per block
     drift_min_blocks: int = field(default=10, metadata={"ge": 1})
 
