@@ -70,6 +70,7 @@ class DaemonSummary:
     events: int
     dead_lettered: dict[str, int]
     seconds: float
+    streaming_seconds: float  # from the first batch to the last: throughput without start-up
     checkpoints: int
     models: dict[str, dict[str, float]]
 
@@ -112,6 +113,8 @@ class TrainingDaemon:
         self._events_at_status = 0
         self._next_history = config.daemon.history_every_events
         self._history_ts: list[np.ndarray] = []
+        self._first_batch_at: float | None = None
+        self._last_batch_at = 0.0
         self._history_time_ms = 0
 
     def _slot(self, name: str) -> ModelSlot:
@@ -224,11 +227,13 @@ class TrainingDaemon:
             events=self.events,
             dead_lettered=dict(self.dead_lettered),
             seconds=time.monotonic() - started,
+            streaming_seconds=(self._last_batch_at - self._first_batch_at) if self._first_batch_at else 0.0,
             checkpoints=self.checkpoints_written,
             models={s.name: {"auc": s.auc.get(), "logloss": s.logloss.get()} for s in self.slots},
         )
 
     def _process(self, batch: Batch, dead_letters: DeadLetterWriter) -> None:
+        self._first_batch_at = self._first_batch_at or time.monotonic()
         if batch.rejects:
             dead_letters.write(batch.rejects, self.config.stream.topic)
             self.dead_lettered.update(r.reason for r in batch.rejects)
@@ -251,6 +256,7 @@ class TrainingDaemon:
             self.telemetry.on_batch(batch, results)
         self.offsets.update(batch.next_offsets)
         self.events += rows
+        self._last_batch_at = time.monotonic()
         if rows:
             self._history_ts.append(batch.table.column("ts").to_numpy())
         if rows and self.events >= self._next_history:
