@@ -42,6 +42,7 @@ from stream.events import EventField, EventSchema
 
 log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
+TELEMETRY_EVERY_S = 1.0  # lag and index gauges: about one Prometheus scrape interval
 CATALOGUE_PART = "catalogue.parquet"
 
 
@@ -114,6 +115,7 @@ class TrainingDaemon:
         self._next_history = config.daemon.history_every_events
         self._history_ts: list[np.ndarray] = []
         self._first_batch_at: float | None = None
+        self._last_telemetry = 0.0
         self._last_batch_at = 0.0
         self._history_time_ms = 0
 
@@ -276,11 +278,13 @@ class TrainingDaemon:
     def _timers(self, consumer: ClickStreamConsumer) -> None:
         if self.index_sync is not None:
             self.index_sync.serve_handoff()
-        if self.telemetry is not None:
+        now = time.monotonic()
+        if self.telemetry is not None and now - self._last_telemetry >= TELEMETRY_EVERY_S:
+            # Lag reads the consumer thread's state under its lock: not on every batch.
             self.telemetry.on_lag(consumer.lag())
             if self.index_sync is not None:
                 self.telemetry.on_index(self.index_sync)
-        now = time.monotonic()
+            self._last_telemetry = now
         daemon = self.config.daemon
         if now - self._last_commit >= daemon.commit_every_s:
             consumer.commit(dict(self.offsets))
