@@ -16,11 +16,6 @@ from functools import cached_property
 import faiss
 import numpy as np
 
-#: Largest item id that fits the head-id encoding for H heads: ids are int64.
-def max_item_id(heads: int) -> int:
-    return (np.iinfo(np.int64).max - heads) // heads
-
-
 def head_ids(item_ids: np.ndarray, heads: int) -> np.ndarray:
     """(N,) item ids -> (N * H,) row ids, item-major: item i's heads are rows i*H .. i*H+H-1."""
     item_ids = np.asarray(item_ids, dtype=np.int64)

@@ -113,9 +113,17 @@ class PreRanker(nn.Module, ABC):
     def forward(self, batch: FeatureBatch) -> ModelOutput:
         return ModelOutput(self.score(self.encode_user(batch.user), self.encode_items(batch.item)))
 
+    def field_embeddings(self) -> list[nn.Module]:
+        """The embedding tables (`model.towers.FieldEmbeddings`) the lambda_2 term covers."""
+        return []
+
     def regularization(self) -> torch.Tensor:
-        """The lambda_2 ||Theta||^2 term of eq 12 (already weighted); zero by default."""
-        return torch.zeros((), device=self.device)
+        """The lambda_2 ||Theta||^2 term of eq 12 (already weighted), over the embedding tables."""
+        weight = self.config.l2_embedding
+        tables = self.field_embeddings()
+        if weight == 0.0 or not tables:
+            return torch.zeros((), device=self.device)
+        return weight * sum(t.squared_norm() for t in tables)
 
     def cir_term(self, output: ModelOutput, batch: FeatureBatch, negatives: "CIRNegatives | None" = None) -> torch.Tensor:
         """The lambda_1 L_cir term of eq 12 (already weighted); zero by default."""

@@ -187,8 +187,5 @@ class IntTower(PreRanker):
         )
         return self.config.cir_weight * loss
 
-    def regularization(self) -> torch.Tensor:
-        if self.config.l2_embedding == 0.0:
-            return torch.zeros((), device=self.device)
-        embeddings = self.user_encoder.embeddings.squared_norm() + self.item_encoder.embeddings.squared_norm()
-        return self.config.l2_embedding * embeddings
+    def field_embeddings(self) -> list[nn.Module]:
+        return [self.user_encoder.embeddings, self.item_encoder.embeddings]

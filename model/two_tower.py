@@ -53,9 +53,8 @@ class TwoTower(PreRanker):
     def output_bias(self) -> nn.Parameter:
         return self.fe.bias
 
-    def regularization(self) -> torch.Tensor:
-        embeddings = self.user_encoder.embeddings.squared_norm() + self.item_encoder.embeddings.squared_norm()
-        return self.config.l2_embedding * embeddings
+    def field_embeddings(self) -> list[nn.Module]:
+        return [self.user_encoder.embeddings, self.item_encoder.embeddings]
 
 
 class LogisticRegression(PreRanker):
@@ -95,8 +94,8 @@ class LogisticRegression(PreRanker):
     def output_bias(self) -> nn.Parameter:
         return self.bias
 
-    def regularization(self) -> torch.Tensor:
-        return self.config.l2_embedding * (self.user_weights.squared_norm() + self.item_weights.squared_norm())
+    def field_embeddings(self) -> list[nn.Module]:
+        return [self.user_weights, self.item_weights]
 
 
 
