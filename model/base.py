@@ -20,11 +20,23 @@ from model.features import FeatureBatch, TowerInputs
 
 @dataclass
 class ModelOutput:
-    """Logits for a batch plus what the contrastive term needs (None when unused)."""
+    """Logits for a batch plus what the training terms need (None when unused)."""
 
     logits: torch.Tensor  # (B,)
     cir_user: torch.Tensor | None = None  # (B, D) last-layer user representation
     cir_item: torch.Tensor | None = None  # (B, D) last-layer item representation
+    user_tower: torch.Tensor | None = None  # (B, D) the user tower's last hidden layer (CS3 sync)
+    item_tower: torch.Tensor | None = None  # (B, D) the item tower's last hidden layer
+    ranker_logits: torch.Tensor | None = None  # (B,) CS3's cascade ranker, training mode only
+
+
+@dataclass
+class TowerSide:
+    """One tower's pass: what is served, what CIR reads, what CS3's sync reads."""
+
+    vectors: torch.Tensor  # (B, L, H, p) for users, (N, H, p) for items: the served shape
+    tower: torch.Tensor | None = None  # (B, D) last hidden layer
+    cir: torch.Tensor | None = None  # (B, D') the representation CIR contrasts
 
 
 @dataclass
@@ -43,6 +55,7 @@ class LossParts:
     bce: torch.Tensor
     cir: torch.Tensor
     l2: torch.Tensor
+    cs3: torch.Tensor  # alignment + ranker BCE + distillation (0 without the add-ons)
 
 
 #: Below this many rows, CPU GEMM kernels switch to other code paths (seen: 1-3 rows)
@@ -59,11 +72,21 @@ def _row_invariant(encode, inputs: TowerInputs, training: bool) -> torch.Tensor:
 
 
 class PreRanker(nn.Module, ABC):
-    """Base class of IntTower, the two-tower baseline and logistic regression."""
+    """Base class of IntTower, the two-tower baseline and logistic regression.
+
+    Subclasses describe one pass of each tower (`_user_side`, `_item_side`) and the
+    scorer; the serving API, the training forward, CS3's add-ons and the loss live here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # CS3's cross-tower summaries and cascade ranker (`model.cs3.attach`); None when off.
+        self.sync: nn.Module | None = None
+        self.cascade: nn.Module | None = None
 
     def encode_user(self, user: TowerInputs) -> torch.Tensor:
         """What scoring needs from the user side, computed once per user."""
-        return _row_invariant(self._encode_user, user, self.training)
+        return _row_invariant(lambda u: self._user_side(u).vectors, user, self.training)
 
     def encode_items(self, item: TowerInputs) -> torch.Tensor:
         """Item vectors from item features only: (N, H, p), the shape the index stores.
@@ -71,13 +94,20 @@ class PreRanker(nn.Module, ABC):
         In eval mode a row's vector is bit-identical whatever else is in the batch, which
         is what lets the index store items ahead of time and re-encode any subset.
         """
-        return _row_invariant(self._encode_items, item, self.training)
+        return _row_invariant(lambda i: self._item_side(i).vectors, item, self.training)
 
     @abstractmethod
-    def _encode_user(self, user: TowerInputs) -> torch.Tensor: ...
+    def _user_side(self, user: TowerInputs) -> TowerSide: ...
 
     @abstractmethod
-    def _encode_items(self, item: TowerInputs) -> torch.Tensor: ...
+    def _item_side(self, item: TowerInputs) -> TowerSide: ...
+
+    def _summary(self, of: str) -> torch.Tensor | None:
+        """CS3: the moving-average output of tower ``of``, which conditions the other tower."""
+        if self.sync is None:
+            return None
+        summary = self.sync.user_summary if of == "user" else self.sync.item_summary
+        return summary.clone() if self.training else summary  # observe() updates it in place before backward
 
     @abstractmethod
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -106,12 +136,25 @@ class PreRanker(nn.Module, ABC):
         was_training = self.training
         self.train()
         raw = self(batch).logits - self.output_bias
+        if self.cascade is not None:
+            self.cascade.init_output_bias(batch)
         self.train(was_training)
         ctr = batch.labels.float().mean().clamp(1e-4, 1 - 1e-4)
         self.output_bias.copy_(torch.logit(ctr) - raw.mean())
 
     def forward(self, batch: FeatureBatch) -> ModelOutput:
-        return ModelOutput(self.score(self.encode_user(batch.user), self.encode_items(batch.item)))
+        """Row-aligned logits; in training mode also feeds CS3's summaries and ranker."""
+        user, item = self._user_side(batch.user), self._item_side(batch.item)
+        output = ModelOutput(
+            self.score(user.vectors, item.vectors),
+            cir_user=user.cir, cir_item=item.cir, user_tower=user.tower, item_tower=item.tower,
+        )
+        if self.training:
+            if self.sync is not None:
+                self.sync.observe(user.tower, item.tower)
+            if self.cascade is not None:
+                output.ranker_logits = self.cascade(batch)
+        return output
 
     def field_embeddings(self) -> list[nn.Module]:
         """The embedding tables (`model.towers.FieldEmbeddings`) the lambda_2 term covers."""
@@ -130,7 +173,7 @@ class PreRanker(nn.Module, ABC):
         return torch.zeros((), device=output.logits.device)
 
     def loss(self, batch: FeatureBatch, output: ModelOutput | None = None, negatives: "CIRNegatives | None" = None) -> LossParts:
-        """Eq 12: L_ctr (eq 11, mean BCE) + lambda_1 L_cir + lambda_2 ||Theta||^2.
+        """Eq 12: L_ctr (eq 11, mean BCE) + lambda_1 L_cir + lambda_2 ||Theta||^2, + CS3's terms.
 
         ``negatives`` adds item vectors from outside the batch (the online trainer's
         window of recent items) to CIR's in-batch negatives.
@@ -139,7 +182,17 @@ class PreRanker(nn.Module, ABC):
         bce = F.binary_cross_entropy_with_logits(output.logits.float(), batch.labels)
         cir = self.cir_term(output, batch, negatives)
         l2 = self.regularization()
-        return LossParts(total=bce + cir + l2, bce=bce, cir=cir, l2=l2)
+        cs3 = self.cs3_term(output, batch)
+        return LossParts(total=bce + cir + l2 + cs3, bce=bce, cir=cir, l2=l2, cs3=cs3)
+
+    def cs3_term(self, output: ModelOutput, batch: FeatureBatch) -> torch.Tensor:
+        """CS3's alignment term and the cascade ranker's BCE + distillation (already weighted)."""
+        term = torch.zeros((), device=output.logits.device)
+        if self.sync is not None and output.user_tower is not None:
+            term = term + self.sync.alignment(output.user_tower, output.item_tower)
+        if self.cascade is not None and output.ranker_logits is not None:
+            term = term + self.cascade.loss(output.logits, output.ranker_logits, batch.labels)
+        return term
 
     def user_tower_parameters(self) -> int:
         return sum(p.numel() for m in self.user_tower() for p in m.parameters())

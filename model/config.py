@@ -51,6 +51,35 @@ def _default_features() -> tuple[FeatureField, ...]:
 
 
 @dataclass(frozen=True)
+class CS3Config:
+    """The CS3 add-ons (Wang et al. 2026, our reading of its abstract): each one switchable.
+
+    ``cycle_adaptive``: each tower runs a first pass, gates its input fields with
+    ``2 * sigmoid(W h + b)`` of its own output (zero-initialised, so the gates start at
+    exactly 1) and runs the final pass on the gated fields. ``cross_tower_sync``: each
+    tower's first hidden layer gets a FiLM scale and shift from an exponential moving
+    average of the *other* tower's outputs (a buffer, frozen at serving time), plus
+    ``alignment_weight`` * ||mean(u) - mean(v)||^2 over L2-normalised batch outputs.
+    ``cascade_sharing``: a single-tower DCN ranker shares the embedding tables, trains on
+    the same batches (BCE, weight ``ranker_weight``) and the pre-ranker adds
+    ``distill_weight`` * T^2 * BCE(sigmoid(s / T), sigmoid(r / T)) towards it.
+    """
+
+    cycle_adaptive: bool = False
+    cross_tower_sync: bool = False
+    sync_momentum: float = field(default=0.99, metadata={"ge": 0.0, "lt": 1.0})
+    alignment_weight: float = field(default=0.1, metadata={"ge": 0.0})
+    cascade_sharing: bool = False
+    ranker_weight: float = field(default=1.0, metadata={"gt": 0.0})
+    distill_weight: float = field(default=0.5, metadata={"ge": 0.0})
+    distill_temperature: float = field(default=1.0, metadata={"gt": 0.0})
+
+    @property
+    def any(self) -> bool:
+        return self.cycle_adaptive or self.cross_tower_sync or self.cascade_sharing
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which model, its shapes, and the switches of each IntTower part (paper section 4).
 
@@ -80,6 +109,7 @@ class ModelConfig:
     cir_weight: float = field(default=0.1, metadata={"ge": 0.0})
     cir_temperature: float = field(default=0.1, metadata={"gt": 0.0})
     l2_embedding: float = field(default=1e-5, metadata={"ge": 0.0})
+    cs3: CS3Config = field(default_factory=CS3Config)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
@@ -91,6 +121,8 @@ class ModelConfig:
                 raise ValueError(f"the {tower} tower needs at least one feature")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden sizes must be a non-empty list of positive integers, got {list(self.hidden)}")
+        if self.kind == "lr" and self.cs3.any:
+            raise ValueError("the CS3 add-ons (model.cs3) need a tower model: kind = \"inttower\" or \"two_tower\", not \"lr\"")
 
     def tower_fields(self, tower: Tower) -> tuple[FeatureField, ...]:
         return tuple(f for f in self.features if f.tower == tower)

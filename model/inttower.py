@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model.base import CIRNegatives, ModelOutput, PreRanker
+from model.base import CIRNegatives, ModelOutput, PreRanker, TowerSide
 from model.config import ModelConfig
+from model.cs3 import attach as attach_cs3
 from model.features import FeatureBatch, TowerInputs
 from model.towers import TowerEncoder, init_linear_
 
@@ -136,33 +137,32 @@ class IntTower(PreRanker):
             self.item_projection = None
             self.fe = FEBlock("cosine", 1, 1, config.initial_scale)
         init_linear_(self, config.linear_init_std)
+        attach_cs3(self, config)
 
     # -- towers ------------------------------------------------------------------------
-    def _user_heads(self, user: TowerInputs) -> list[torch.Tensor]:
-        """Raw FE projections per user layer, each (B, H, p); the last feeds CIR."""
-        layer_inputs, out = self.user_encoder(user)
+    def _user_side(self, user: TowerInputs) -> TowerSide:
+        """FE projections per user layer (eq 6), stacked to (B, L, H, p); the last feeds CIR."""
+        layer_inputs, out = self.user_encoder(user, self._summary("item"))
         if self.user_projections is None:
-            return [out.unsqueeze(1)]
-        sources = layer_inputs if self.config.fe_user_layers == "layer_inputs" else [*layer_inputs[1:], out]
-        b = out.shape[0]
-        return [proj(h).view(b, self.config.heads, self.config.head_dim) for proj, h in zip(self.user_projections, sources)]
+            heads = [out.unsqueeze(1)]
+        else:
+            sources = layer_inputs if self.config.fe_user_layers == "layer_inputs" else [*layer_inputs[1:], out]
+            b = out.shape[0]
+            heads = [proj(h).view(b, self.config.heads, self.config.head_dim) for proj, h in zip(self.user_projections, sources)]
+        return TowerSide(self.fe.prepare(torch.stack(heads, dim=1)), tower=out, cir=heads[-1].flatten(1))
 
-    def _item_heads(self, item: TowerInputs) -> torch.Tensor:
-        _, out = self.item_encoder(item)
+    def _item_side(self, item: TowerInputs) -> TowerSide:
+        """The item tower's last layer projected to H heads (eq 7): (N, H, p)."""
+        _, out = self.item_encoder(item, self._summary("user"))
         if self.item_projection is None:
-            return out.unsqueeze(1)
-        return self.item_projection(out).view(out.shape[0], self.config.heads, self.config.head_dim)
+            heads = out.unsqueeze(1)
+        else:
+            heads = self.item_projection(out).view(out.shape[0], self.config.heads, self.config.head_dim)
+        return TowerSide(self.fe.prepare(heads), tower=out, cir=heads.flatten(1))
 
     @property
     def output_bias(self) -> nn.Parameter:
         return self.fe.bias
-
-    # -- the decoupled serving API ----------------------------------------------------
-    def _encode_user(self, user: TowerInputs) -> torch.Tensor:
-        return self.fe.prepare(torch.stack(self._user_heads(user), dim=1))  # (B, L, H, p)
-
-    def _encode_items(self, item: TowerInputs) -> torch.Tensor:
-        return self.fe.prepare(self._item_heads(item))  # (N, H, p)
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.fe(user, items)
@@ -171,12 +171,6 @@ class IntTower(PreRanker):
         return [m for m in (self.user_encoder, self.user_projections) if m is not None]
 
     # -- training ---------------------------------------------------------------------
-    def forward(self, batch: FeatureBatch) -> ModelOutput:
-        user_heads = self._user_heads(batch.user)
-        item_heads = self._item_heads(batch.item)
-        logits = self.fe(self.fe.prepare(torch.stack(user_heads, dim=1)), self.fe.prepare(item_heads))
-        return ModelOutput(logits, cir_user=user_heads[-1].flatten(1), cir_item=item_heads.flatten(1))
-
     def cir_term(self, output: ModelOutput, batch: FeatureBatch, negatives: CIRNegatives | None = None) -> torch.Tensor:
         if self.config.cir_weight == 0.0:
             return torch.zeros((), device=output.logits.device)

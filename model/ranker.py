@@ -33,10 +33,16 @@ class CrossNetwork(nn.Module):
 class SingleTowerRanker(nn.Module):
     """logit = w . [cross(x0), mlp(x0)] + b over all fields of both towers."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        user_embeddings: FieldEmbeddings | None = None,
+        item_embeddings: FieldEmbeddings | None = None,
+    ) -> None:
+        """Own embedding tables, or the given ones (CS3's cascade sharing with a pre-ranker)."""
         super().__init__()
-        self.user_embeddings = FieldEmbeddings(config.tower_fields("user"), config.embedding_dim, config.embedding_init_std)
-        self.item_embeddings = FieldEmbeddings(config.tower_fields("item"), config.embedding_dim, config.embedding_init_std)
+        self.user_embeddings = user_embeddings or FieldEmbeddings(config.tower_fields("user"), config.embedding_dim, config.embedding_init_std)
+        self.item_embeddings = item_embeddings or FieldEmbeddings(config.tower_fields("item"), config.embedding_dim, config.embedding_init_std)
         dim = sum(e.num_fields * e.dim + e.num_numeric for e in (self.user_embeddings, self.item_embeddings))
         self.cross = CrossNetwork(dim, CROSS_LAYERS)
         self.deep = MLPTower(dim, config.hidden, config.dropout, config.batch_norm)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -81,11 +83,24 @@ class MLPTower(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.dims = dims
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        norms: "nn.ModuleList | None" = None,
+        modulate: "Callable[[torch.Tensor], torch.Tensor] | None" = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``norms`` replaces the BatchNorm layers (CS3's first pass has its own);
+        ``modulate`` transforms the first hidden layer's output (CS3's FiLM)."""
         inputs = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             inputs.append(x)
-            x = layer(x)
+            if norms is None or not len(norms):
+                x = layer(x)
+            else:
+                for module in layer:
+                    x = norms[i](x) if isinstance(module, nn.BatchNorm1d) else module(x)
+            if modulate is not None and i == 0:
+                x = modulate(x)
         return inputs, x
 
 
@@ -111,13 +126,31 @@ class TowerEncoder(nn.Module):
         self.attention = attention(self.embeddings.num_fields) if attention is not None else None
         in_dim = self.embeddings.num_fields * embedding_dim + self.embeddings.num_numeric
         self.mlp = MLPTower(in_dim, hidden, dropout, batch_norm)
+        self.cycle: nn.Module | None = None  # CS3 add-ons, attached by `model.cs3.attach`
+        self.film: nn.Module | None = None
 
-    def forward(self, inputs: TowerInputs) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Every MLP layer's input and the last layer's output."""
+    def forward(self, inputs: TowerInputs, summary: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every MLP layer's input and the last layer's output.
+
+        With CS3's add-ons attached (`model.cs3`): ``cycle`` runs a first pass and gates
+        the fields before the final one; ``film`` modulates the first hidden layer by
+        ``summary``, the other tower's moving-average output.
+        """
         e = self.embeddings(inputs)
         if self.attention is not None:
             e = self.attention(e)
-        return self.mlp(torch.cat([e.flatten(1), inputs.numeric], dim=1))
+        modulate = None
+        if self.film is not None and summary is not None:
+            film = self.film
+            modulate = lambda h: film(h, summary)  # noqa: E731
+        if self.cycle is not None:
+            _, first = self.mlp(self._mlp_input(e, inputs), self.cycle.first_pass_norms, modulate)
+            e = e * self.cycle(first).unsqueeze(-1)
+        return self.mlp(self._mlp_input(e, inputs), modulate=modulate)
+
+    @staticmethod
+    def _mlp_input(e: torch.Tensor, inputs: TowerInputs) -> torch.Tensor:
+        return torch.cat([e.flatten(1), inputs.numeric], dim=1)
 
 
 def init_linear_(module: nn.Module, std: float | None) -> None:

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model.base import PreRanker
+from model.base import PreRanker, TowerSide
 from model.config import ModelConfig
+from model.cs3 import attach as attach_cs3
 from model.features import TowerInputs
 from model.inttower import FEBlock
 from model.towers import FieldEmbeddings, TowerEncoder, init_linear_
@@ -34,14 +35,15 @@ class TwoTower(PreRanker):
         )
         self.fe = FEBlock("cosine", 1, 1, config.initial_scale)
         init_linear_(self, config.linear_init_std)
+        attach_cs3(self, config)
 
-    def _encode_user(self, user: TowerInputs) -> torch.Tensor:
-        _, out = self.user_encoder(user)
-        return F.normalize(out, dim=-1).view(out.shape[0], 1, 1, -1)  # (B, 1, 1, D)
+    def _user_side(self, user: TowerInputs) -> TowerSide:
+        _, out = self.user_encoder(user, self._summary("item"))
+        return TowerSide(F.normalize(out, dim=-1).view(out.shape[0], 1, 1, -1), tower=out)  # (B, 1, 1, D)
 
-    def _encode_items(self, item: TowerInputs) -> torch.Tensor:
-        _, out = self.item_encoder(item)
-        return F.normalize(out, dim=-1).view(out.shape[0], 1, -1)  # (N, 1, D)
+    def _item_side(self, item: TowerInputs) -> TowerSide:
+        _, out = self.item_encoder(item, self._summary("user"))
+        return TowerSide(F.normalize(out, dim=-1).view(out.shape[0], 1, -1), tower=out)  # (N, 1, D)
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.fe(user, items)
@@ -78,11 +80,11 @@ class LogisticRegression(PreRanker):
         logit = weights(inputs).sum(dim=(1, 2))
         return logit if numeric is None else logit + numeric(inputs.numeric).squeeze(-1)
 
-    def _encode_user(self, user: TowerInputs) -> torch.Tensor:
-        return self._side(self.user_weights, self.user_numeric, user).view(-1, 1, 1, 1)
+    def _user_side(self, user: TowerInputs) -> TowerSide:
+        return TowerSide(self._side(self.user_weights, self.user_numeric, user).view(-1, 1, 1, 1))
 
-    def _encode_items(self, item: TowerInputs) -> torch.Tensor:
-        return self._side(self.item_weights, self.item_numeric, item).view(-1, 1, 1)
+    def _item_side(self, item: TowerInputs) -> TowerSide:
+        return TowerSide(self._side(self.item_weights, self.item_numeric, item).view(-1, 1, 1))
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (user.reshape(-1) + items.reshape(-1)) + self.bias
@@ -96,7 +98,6 @@ class LogisticRegression(PreRanker):
 
     def field_embeddings(self) -> list[nn.Module]:
         return [self.user_weights, self.item_weights]
-
 
 
 def _numeric_weights(count: int) -> nn.Linear | None:
