@@ -168,11 +168,11 @@ class PreRanker(nn.Module, ABC):
             return torch.zeros((), device=self.device)
         return weight * sum(t.squared_norm() for t in tables)
 
-    def cir_term(self, output: ModelOutput, batch: FeatureBatch, negatives: "CIRNegatives | None" = None) -> torch.Tensor:
+    def cir_term(self, output: ModelOutput, batch: FeatureBatch, negatives: CIRNegatives | None = None) -> torch.Tensor:
         """The lambda_1 L_cir term of eq 12 (already weighted); zero by default."""
         return torch.zeros((), device=output.logits.device)
 
-    def loss(self, batch: FeatureBatch, output: ModelOutput | None = None, negatives: "CIRNegatives | None" = None) -> LossParts:
+    def loss(self, batch: FeatureBatch, output: ModelOutput | None = None, negatives: CIRNegatives | None = None) -> LossParts:
         """Eq 12: L_ctr (eq 11, mean BCE) + lambda_1 L_cir + lambda_2 ||Theta||^2, + CS3's terms.
 
         ``negatives`` adds item vectors from outside the batch (the online trainer's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -86,8 +87,8 @@ class MLPTower(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        norms: "nn.ModuleList | None" = None,
-        modulate: "Callable[[torch.Tensor], torch.Tensor] | None" = None,
+        norms: nn.ModuleList | None = None,
+        modulate: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``norms`` replaces the BatchNorm layers (CS3's first pass has its own);
         ``modulate`` transforms the first hidden layer's output (CS3's FiLM)."""
@@ -119,7 +120,7 @@ class TowerEncoder(nn.Module):
         hidden: tuple[int, ...],
         dropout: float,
         batch_norm: bool,
-        attention: "type[nn.Module] | None" = None,
+        attention: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.embeddings = FieldEmbeddings(fields, embedding_dim, embedding_init_std)
@@ -139,10 +140,7 @@ class TowerEncoder(nn.Module):
         e = self.embeddings(inputs)
         if self.attention is not None:
             e = self.attention(e)
-        modulate = None
-        if self.film is not None and summary is not None:
-            film = self.film
-            modulate = lambda h: film(h, summary)  # noqa: E731
+        modulate = functools.partial(self.film, summary=summary) if self.film is not None and summary is not None else None
         if self.cycle is not None:
             _, first = self.mlp(self._mlp_input(e, inputs), self.cycle.first_pass_norms, modulate)
             e = e * self.cycle(first).unsqueeze(-1)

@@ -29,9 +29,9 @@ def _batch(rows=64, seed=0):
     return FeatureEncoder(SMALL.features).encode(make_synthetic_like_table(rows, seed))
 
 
-def _model(kind, cs3=CS3Config(), seed=0, **overrides):
+def _model(kind, cs3=None, seed=0, **overrides):
     torch.manual_seed(seed)
-    return build_model(replace(SMALL, kind=kind, cs3=cs3, **overrides))
+    return build_model(replace(SMALL, kind=kind, cs3=cs3 or CS3Config(), **overrides))
 
 
 def _trained(kind, cs3, steps=5):
