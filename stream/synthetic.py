@@ -9,6 +9,8 @@ streaming parts of the system:
   features carry most of the signal and ids carry the rest;
 * item popularity follows a power law, and new items keep arriving; a share of traffic
   goes to recently arrived items so freshness matters;
+* optionally (``new_users_per_10k_events``) new users keep arriving too, so the user id
+  space grows with the stream (soak runs: nothing keyed by id may grow without bound);
 * at ``shift_at`` the segment preference vectors are re-drawn (partly or fully), so a
   model frozen before the shift degrades after it: drift for monitoring to catch.
 
@@ -59,7 +61,7 @@ PRICE_ITEM_LOG_STD = 0.5
 USER_ACTIVITY_LOG_STD = 1.0  # lognormal activity weights: some users are much busier
 FRESH_WINDOW_EVENTS = 10_000  # an item is "fresh" for this many events after it arrives
 FRESH_TRAFFIC_SHARE = 0.15  # share of impressions spent on fresh items when there are any
-EVENTS_PER_ARRIVAL_UNIT = 10_000  # `new_items_per_10k_events` is per this many events
+EVENTS_PER_ARRIVAL_UNIT = 10_000  # `new_items_per_10k_events` / `new_users_per_10k_events` are per this many events
 
 # ---- calibration of the intercept c to reach `base_ctr`
 CALIBRATION_SAMPLES = 50_000
@@ -92,6 +94,10 @@ class SyntheticLogConfig:
     (1.0 = never); ``shift_strength`` 0 keeps them, 1 re-draws them completely (values
     in between rotate towards the new draw, keeping the vectors' scale and so the CTR).
     ``base_ctr`` is reached approximately by calibrating the click model's intercept.
+    ``new_users_per_10k_events`` > 0 makes users arrive over the stream like items do
+    (``users`` is then the initial population; a new user's activity weight is drawn as
+    for any other, so arrivals get traffic at once); 0, the default, keeps a fixed
+    population and the stream exactly as it was before the option existed.
     """
 
     events: int = field(default=200_000, metadata={"ge": 0})
@@ -106,6 +112,7 @@ class SyntheticLogConfig:
     base_ctr: float = field(default=0.25, metadata={"gt": 0.0, "lt": 1.0})
     start_ts_ms: int = 1_700_000_000_000
     events_per_second: float = field(default=50.0, metadata={"gt": 0.0})
+    new_users_per_10k_events: int = field(default=0, metadata={"ge": 0})
 
     def __post_init__(self) -> None:
         checks = {
@@ -120,6 +127,7 @@ class SyntheticLogConfig:
             "shift_strength": 0.0 <= self.shift_strength <= 1.0,
             "base_ctr": 0.0 < self.base_ctr < 1.0,
             "events_per_second": self.events_per_second > 0.0,
+            "new_users_per_10k_events": self.new_users_per_10k_events >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -128,15 +136,31 @@ class SyntheticLogConfig:
     @property
     def shift_event(self) -> int:
         """Index of the first event drawn under the shifted preferences (``events`` = never)."""
-        return self.events if self.shift_at >= 1.0 else int(round(self.shift_at * self.events))
+        return self.events if self.shift_at >= 1.0 else round(self.shift_at * self.events)
 
     @property
     def total_items(self) -> int:
         """Initial items plus every item that arrives before the stream ends."""
         return self.initial_items + self.events * self.new_items_per_10k_events // EVENTS_PER_ARRIVAL_UNIT
 
+    @property
+    def total_users(self) -> int:
+        """Initial users plus every user that arrives before the stream ends."""
+        return self.users + self.events * self.new_users_per_10k_events // EVENTS_PER_ARRIVAL_UNIT
+
 
 # --------------------------------------------------------------------------- the world
+
+
+def _arrivals(initial: int, total: int, per_10k_events: int) -> np.ndarray:
+    """Event index at which each entity becomes available: 0 for the initial ones, then evenly spread."""
+    arriving = total - initial
+    return np.concatenate(
+        [
+            np.zeros(initial, dtype=np.int64),
+            (np.arange(1, arriving + 1) * EVENTS_PER_ARRIVAL_UNIT) // max(per_10k_events, 1),
+        ]
+    )
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -179,15 +203,21 @@ class _World:
         scale = 1.0 / np.sqrt(d)  # keeps <u, v> of order 1 whatever the latent dimension
 
         # Users: features, then latent vector = segment + age + individual noise.
-        self.user_segment = rng.integers(0, N_SEGMENTS, config.users)
-        self.user_age = rng.integers(0, N_AGE_BUCKETS, config.users)
-        self.user_device = rng.choice(len(DEVICES), config.users, p=DEVICE_SHARES)
+        n_users = config.total_users  # == config.users unless users arrive over time
+        self.user_segment = rng.integers(0, N_SEGMENTS, n_users)
+        self.user_age = rng.integers(0, N_AGE_BUCKETS, n_users)
+        self.user_device = rng.choice(len(DEVICES), n_users, p=DEVICE_SHARES)
         segment_vec = rng.normal(0.0, scale, (N_SEGMENTS, d))
         shifted_segment_vec = rng.normal(0.0, scale, (N_SEGMENTS, d))
         age_vec = rng.normal(0.0, scale * AGE_VECTOR_SCALE, (N_AGE_BUCKETS, d))
-        user_noise = rng.normal(0.0, scale * USER_NOISE_SCALE, (config.users, d))
-        activity = rng.lognormal(0.0, USER_ACTIVITY_LOG_STD, config.users)
-        self.user_cum_activity = np.cumsum(activity / activity.sum())
+        user_noise = rng.normal(0.0, scale * USER_NOISE_SCALE, (n_users, d))
+        activity = rng.lognormal(0.0, USER_ACTIVITY_LOG_STD, n_users)
+        if config.new_users_per_10k_events:
+            # Available users are an id prefix: sample by inverse CDF on the prefix's sums.
+            self.user_cum_activity = np.cumsum(activity)
+            self.user_arrival_event = _arrivals(config.users, n_users, config.new_users_per_10k_events)
+        else:
+            self.user_cum_activity = np.cumsum(activity / activity.sum())
 
         # Items: features, then latent vector = category + mean of tags + individual noise.
         n_items = config.total_items
@@ -204,13 +234,7 @@ class _World:
         rank = rng.permutation(n_items) + 1
         popularity = rank.astype(np.float64) ** -config.popularity_exponent
         self.item_cum_popularity = np.cumsum(popularity)  # items are available as an id prefix
-        new_items = n_items - config.initial_items
-        self.arrival_event = np.concatenate(
-            [
-                np.zeros(config.initial_items, dtype=np.int64),
-                (np.arange(1, new_items + 1) * EVENTS_PER_ARRIVAL_UNIT) // max(config.new_items_per_10k_events, 1),
-            ]
-        )
+        self.arrival_event = _arrivals(config.initial_items, n_items, config.new_items_per_10k_events)
 
         tag_counts = np.diff(self.tag_offsets)
         tag_sum = np.add.reduceat(tag_vec[self.tag_flat], self.tag_offsets[:-1], axis=0)
@@ -233,9 +257,14 @@ class _World:
         """How many items (an id prefix) exist at each event index."""
         return np.searchsorted(self.arrival_event, event_index, side="right")
 
-    def sample_users(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """0-based user rows drawn by activity weight."""
-        return np.minimum(np.searchsorted(self.user_cum_activity, rng.random(n)), self.config.users - 1)
+    def sample_users(self, rng: np.random.Generator, event_index: np.ndarray) -> np.ndarray:
+        """0-based user rows drawn by activity weight among the users present at each event index."""
+        n = len(event_index)
+        if not self.config.new_users_per_10k_events:
+            return np.minimum(np.searchsorted(self.user_cum_activity, rng.random(n)), self.config.users - 1)
+        n_avail = np.searchsorted(self.user_arrival_event, event_index, side="right")
+        target = rng.random(n) * self.user_cum_activity[n_avail - 1]
+        return np.minimum(np.searchsorted(self.user_cum_activity, target, side="right"), n_avail - 1)
 
     def sample_items(self, rng: np.random.Generator, event_index: np.ndarray) -> np.ndarray:
         """0-based item rows by power-law popularity among available items, with a fresh-item boost.
@@ -270,7 +299,7 @@ class _World:
         config = self.config
         rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(_CALIBRATION_STREAM,)))
         positions = rng.integers(0, max(config.events, 1), CALIBRATION_SAMPLES)
-        users = self.sample_users(rng, CALIBRATION_SAMPLES)
+        users = self.sample_users(rng, positions)
         items = self.sample_items(rng, positions)
         base = self.logits(positions, users, items, 0.0)
         low, high = CALIBRATION_BRACKET
@@ -286,7 +315,7 @@ class _World:
 
     @cached_property
     def user_struct(self) -> pa.StructArray:
-        n = self.config.users
+        n = len(self.user_segment)
         return pa.StructArray.from_arrays(
             [
                 pa.array(np.arange(FIRST_ID, FIRST_ID + n), pa.int64()),
@@ -346,7 +375,7 @@ def _iter_blocks(world: _World) -> Iterator[_Block]:
         event_index = np.arange(start, start + n)
         seconds = clock_seconds + np.cumsum(rng.exponential(1.0 / config.events_per_second, n))
         clock_seconds = float(seconds[-1])
-        users = world.sample_users(rng, n)
+        users = world.sample_users(rng, event_index)
         items = world.sample_items(rng, event_index)
         probability = _sigmoid(world.logits(event_index, users, items, world.intercept))
         label = (rng.random(n) < probability).astype(np.int8)

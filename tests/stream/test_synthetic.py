@@ -200,3 +200,38 @@ def test_shift_strength_zero_is_no_shift() -> None:
     never = generate_synthetic_log(SyntheticLogConfig(events=20_000, seed=3, shift_at=1.0))
     assert weak.equals(never)
     assert not generate_synthetic_log(config).equals(never)
+
+
+def test_new_users_off_by_default_keeps_a_fixed_population(small_log: pa.Table) -> None:
+    assert SyntheticLogConfig().new_users_per_10k_events == 0
+    assert small_log.column("user_id").to_numpy().max() <= SMALL.users
+    with pytest.raises(ValueError, match="new_users_per_10k_events"):
+        SyntheticLogConfig(new_users_per_10k_events=-1)
+
+
+def test_new_users_and_items_keep_arriving_for_the_whole_stream() -> None:
+    """With users arriving too, every tenth of the stream brings ids no earlier event had."""
+    config = SyntheticLogConfig(events=100_000, seed=5, users=1_000, initial_items=500,
+                                new_users_per_10k_events=100, new_items_per_10k_events=100)
+    assert config.total_users == 2_000 and config.total_items == 1_500
+    log = generate_synthetic_log(config)
+    users, items = log.column("user_id").to_numpy(), log.column("item_id").to_numpy()
+    assert users.max() > config.users and users.max() <= config.total_users
+    assert (field(log, "user", "user_id") == users).all()
+    tenth = len(users) // 10
+    for ids in (users, items):
+        seen = set(ids[:tenth].tolist())
+        for k in range(1, 10):
+            part = set(ids[k * tenth : (k + 1) * tenth].tolist())
+            assert len(part - seen) > 20, k  # new ids in every tenth, not only early on
+            seen |= part
+    arrived_late = users > config.users + (config.total_users - config.users) // 2
+    assert arrived_late[: len(users) // 2].sum() == 0  # a user never appears before arriving
+    assert abs(log.column("label").to_numpy().mean() - config.base_ctr) < 0.05
+
+
+def test_growing_users_chunk_like_the_full_table() -> None:
+    config = SyntheticLogConfig(events=30_000, seed=2, users=300, new_users_per_10k_events=200)
+    full = generate_synthetic_log(config)
+    assert pa.concat_tables(iter_synthetic_log(config, chunk_events=7_001)).equals(full)
+    assert generate_synthetic_log(config).equals(full)

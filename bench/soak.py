@@ -1,0 +1,495 @@
+"""Soak: does the training daemon's memory stay flat over millions of events?
+
+    python -m bench.soak [--events 10000000] [--sample-s 10] [--out runs/soak]
+
+Starts the embedded broker and a topic, runs ``inttower train`` as a separate process
+with checkpoints, index syncs (bounded catalogue) and metrics on, and replays an
+endless-looking synthetic stream into it as Arrow messages: generated chunk by chunk
+(this process never holds the whole stream) with new users *and* new items arriving for
+the whole run, produced at most ``--max-ahead-events`` ahead of what the daemon trained.
+
+Every ``--sample-s`` seconds it reads the daemon's resident memory (VmRSS from
+/proc/PID/status) and the events trained (the daemon's status line, written every
+second), and prints a row. At the end it fits a line to RSS against events trained over
+the samples after warm-up (events >= ``--warmup-fraction`` of the total: start-up,
+allocator growth, the catalogue filling up to ``max_items`` and the first full index
+refresh all happen early) and prints the slope in MiB per million events, the growth
+after warm-up and a verdict: flat when |slope| < ``--flat-mib-per-m``.
+
+Writes ``soak.json`` (settings, series, fit), ``soak.png`` and ``daemon.log`` to
+``--out``. The daemon's checkpoints and index versions go to a temp directory removed at
+the end. The broker keeps the topic in memory (Tansu here is memory-only), so its RSS
+grows with the events produced: it is sampled and reported too, but not judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from stream.broker import EmbeddedBroker, create_topic
+from stream.config import StreamConfig
+from stream.replay import replay
+from stream.synthetic import SyntheticLogConfig, iter_synthetic_log
+
+REPO = Path(__file__).resolve().parents[1]
+TOPIC = "soak-clicks"
+DEAD_LETTERS = f"{TOPIC}.dead-letter"
+KIB_PER_MIB = 1024
+STOP_TIMEOUT_S = 120.0  # SIGTERM -> final checkpoint -> exit; then SIGKILL
+POLL_S = 0.2  # how often the main loop checks for the end between samples
+LOG_TAIL_LINES = 40
+
+# The daemon's log lines this bench reads (inttower/daemon.py, inttower/cli.py).
+STATUS_RE = re.compile(r"\bevents (\d+) \(\d+/s\)\s+lag (-?\d+)")
+INDEX_RE = re.compile(r"\bindex v(\d+) \((\d+) items")
+CHECKPOINT_RE = re.compile(r"\bcheckpoint \S+ at (\d+) events")
+STOPPED_RE = re.compile(r"^stopped after (\d+) events")
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    """One soak run; the defaults are the 10M-event run."""
+
+    events: int = 10_000_000
+    sample_s: float = 10.0
+    out: Path = Path("runs/soak")
+    partitions: int = 4
+    batch_events: int = 2048  # events per Arrow message and per training batch
+    chunk_events: int = 100_000  # events generated and produced at a time
+    max_ahead_events: int = 1_000_000  # produced minus trained, at most (bounds broker memory per unit time)
+    seed: int = 0
+    users: int = 5_000
+    initial_items: int = 2_000
+    new_users_per_10k: int = 100
+    new_items_per_10k: int = 100
+    max_items: int = 10_000  # catalogue bound: reached early, then items are evicted
+    checkpoint_every_s: float = 30.0
+    sync_interval_s: float = 5.0
+    full_refresh_interval_s: float = 60.0
+    status_every_s: float = 1.0
+    warmup_fraction: float = 0.2
+    flat_mib_per_m: float = 5.0
+    stall_s: float = 300.0  # give up when trained events stop moving for this long
+    plot: bool = True
+
+
+@dataclass
+class Sample:
+    elapsed_s: float
+    events: int  # trained, from the daemon's last status line
+    produced: int  # acknowledged by the broker (whole chunks)
+    lag: int | None  # the daemon's consumer lag, from the same status line
+    rss_mib: float  # daemon VmRSS
+    broker_rss_mib: float
+    index_version: int | None
+    index_items: int | None
+
+
+@dataclass
+class Fit:
+    warmup_events: int
+    points: int
+    slope_mib_per_m: float | None  # RSS MiB per million events trained
+    growth_mib: float | None  # last minus first RSS after warm-up
+    fitted_growth_mib: float | None  # slope times the events spanned after warm-up
+    flat: bool | None
+
+    def verdict(self, threshold: float) -> str:
+        if self.slope_mib_per_m is None:
+            return f"VERDICT: undecided (only {self.points} samples after warm-up; need 3)"
+        word = "flat" if self.flat else "GROWING"
+        sign = "<" if self.flat else ">="
+        return f"VERDICT: {word} (|slope| {abs(self.slope_mib_per_m):.2f} {sign} {threshold:g} MiB per 1M events)"
+
+
+@dataclass
+class SoakResult:
+    settings: SoakSettings
+    samples: list[Sample]
+    fit: Fit
+    trained: int
+    seconds: float
+    checkpoints: int
+    daemon_exit: int | None
+    workdir_bytes: int  # checkpoints + index versions on disk at the end
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def read_rss_mib(pid: int, key: str = "VmRSS") -> float:
+    """``key`` (kB) from /proc/PID/status in MiB; NaN once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / KIB_PER_MIB
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+class DaemonLog:
+    """Reads the daemon's output in a thread: copies it to a file, keeps the latest counts.
+
+    The counts are plain ints replaced whole, so other threads read them without a lock.
+    """
+
+    def __init__(self, stream: IO[str], path: Path) -> None:
+        self.events = 0
+        self.lag: int | None = None
+        self.index_version: int | None = None
+        self.index_items: int | None = None
+        self.checkpoints = 0
+        self.stopped_after: int | None = None
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._stream, self._path = stream, path
+        self._thread = threading.Thread(target=self._read, name="daemon-log", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with open(self._path, "w", encoding="utf-8") as copy:
+            for line in self._stream:
+                copy.write(line)
+                copy.flush()
+                self.tail.append(line.rstrip())
+                if (m := STATUS_RE.search(line)) is not None:
+                    self.events, self.lag = int(m.group(1)), int(m.group(2))
+                    if (i := INDEX_RE.search(line)) is not None:
+                        self.index_version, self.index_items = int(i.group(1)), int(i.group(2))
+                elif (m := CHECKPOINT_RE.search(line)) is not None:
+                    self.checkpoints += 1
+                    self.events = max(self.events, int(m.group(1)))
+                elif (m := STOPPED_RE.search(line)) is not None:
+                    self.stopped_after = int(m.group(1))
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+
+def daemon_config_toml(settings: SoakSettings, bootstrap: str, workdir: Path) -> str:
+    """The daemon's TOML: the embedded model defaults, plus checkpoints, index sync and metrics on."""
+    q = json.dumps  # a JSON string is a valid TOML basic string for these paths and names
+    return f"""# generated by bench.soak
+[stream]
+bootstrap_servers = [{q(bootstrap)}]
+topic = {q(TOPIC)}
+dead_letter_topic = {q(DEAD_LETTERS)}
+group_id = "inttower-soak"
+max_batch_events = {settings.batch_events}
+
+[daemon]
+checkpoint_dir = {q(str(workdir / "checkpoints"))}
+checkpoint_every_s = {settings.checkpoint_every_s}
+status_every_s = {settings.status_every_s}
+stop_when_idle_s = {max(600.0, 2 * settings.stall_s)}
+
+[index]
+enabled = true
+index_dir = {q(str(workdir / "index"))}
+sync_interval_s = {settings.sync_interval_s}
+full_refresh_interval_s = {settings.full_refresh_interval_s}
+max_items = {settings.max_items}
+# A sync job waiting for a hand-over when the daemon stops holds its exit for this long.
+handoff_timeout_s = 10.0
+
+[monitoring]
+enabled = true
+port = 0
+"""
+
+
+def synthetic_config(settings: SoakSettings) -> SyntheticLogConfig:
+    # No preference shift: the soak is about memory, and a shift only adds a quality dip.
+    return SyntheticLogConfig(
+        events=settings.events, seed=settings.seed, users=settings.users, initial_items=settings.initial_items,
+        new_users_per_10k_events=settings.new_users_per_10k, new_items_per_10k_events=settings.new_items_per_10k,
+        shift_at=1.0,
+    )
+
+
+class Producer:
+    """Replays the synthetic stream chunk by chunk, staying at most ``max_ahead_events`` ahead of training."""
+
+    def __init__(self, settings: SoakSettings, stream: StreamConfig, trained: DaemonLog, stop: threading.Event) -> None:
+        self.produced = 0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._settings, self._stream, self._trained, self._stop = settings, stream, trained, stop
+        self._thread = threading.Thread(target=self._run, name="soak-producer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            chunks = iter_synthetic_log(synthetic_config(self._settings), chunk_events=self._settings.chunk_events)
+            for chunk in chunks:
+                while self.produced - self._trained.events > self._settings.max_ahead_events:
+                    if self._stop.wait(POLL_S):
+                        return
+                if self._stop.is_set():
+                    return
+                replay(chunk, self._stream, fmt="arrow", arrow_batch_events=self._settings.batch_events, progress=False)
+                self.produced += chunk.num_rows
+        except Exception as exc:  # noqa: BLE001 - reported by the main loop, which stops the run
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+
+def fit_growth(samples: list[Sample], total_events: int, warmup_fraction: float, flat_mib_per_m: float) -> Fit:
+    """Least-squares line of daemon RSS against events trained, over the samples after warm-up."""
+    warmup = int(total_events * warmup_fraction)
+    kept = [s for s in samples if s.events >= warmup and math.isfinite(s.rss_mib)]
+    if len(kept) < 3 or len({s.events for s in kept}) < 2:
+        return Fit(warmup, len(kept), None, None, None, None)
+    x = np.array([s.events for s in kept], dtype=np.float64) / 1e6
+    y = np.array([s.rss_mib for s in kept])
+    slope = float(np.polyfit(x, y, 1)[0])
+    return Fit(warmup, len(kept), slope, float(y[-1] - y[0]), slope * float(x[-1] - x[0]), abs(slope) < flat_mib_per_m)
+
+
+def _stop_daemon(process: subprocess.Popen) -> int | None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            print(f"daemon pid {process.pid} did not exit {STOP_TIMEOUT_S:.0f} s after SIGTERM; killing it", flush=True)
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+    return process.returncode
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _row(s: Sample) -> str:
+    index = "-" if s.index_version is None else f"v{s.index_version}/{s.index_items}"
+    return (f"{s.elapsed_s:>9.0f} {s.events:>11,} {s.produced:>11,} {_fmt(s.lag, ','):>10} "
+            f"{s.rss_mib:>9.1f} {s.broker_rss_mib:>10.1f}  {index}")
+
+
+HEADER = (f"{'elapsed s':>9} {'events':>11} {'produced':>11} {'lag':>10} {'RSS MiB':>9} {'broker MiB':>10}  index (version/items)\n"
+          + "-" * 86)
+
+
+def run_soak(settings: SoakSettings) -> SoakResult:
+    """Run one soak; everything it starts is stopped in ``finally`` blocks (daemon by SIGTERM, broker by PID)."""
+    settings.out.mkdir(parents=True, exist_ok=True)
+    samples: list[Sample] = []
+    stop = threading.Event()
+    started = time.monotonic()
+    print(f"soak: {settings.events:,} events ({settings.new_users_per_10k} new users and {settings.new_items_per_10k} "
+          f"new items per 10k events), sample every {settings.sample_s:g} s, out {settings.out}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="inttower-soak-") as tmp:
+        workdir = Path(tmp)
+        broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+        process: subprocess.Popen | None = None
+        producer: Producer | None = None
+        daemon_exit: int | None = None
+        log: DaemonLog | None = None
+        workdir_bytes = 0
+        try:
+            create_topic(broker.bootstrap, TOPIC, settings.partitions)
+            create_topic(broker.bootstrap, DEAD_LETTERS, 1)
+            config = workdir / "soak.toml"
+            config.write_text(daemon_config_toml(settings, broker.bootstrap, workdir))
+            shutil.copy(config, settings.out / "soak.toml")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "inttower.cli", "train", "--config", str(config)], cwd=REPO,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            log = DaemonLog(process.stdout, settings.out / "daemon.log")
+            print(f"broker pid {broker.pid} on {broker.bootstrap}; daemon pid {process.pid}; "
+                  f"topic {TOPIC} x {settings.partitions} partitions; workdir {workdir}", flush=True)
+            stream = StreamConfig(bootstrap_servers=(broker.bootstrap,), topic=TOPIC, dead_letter_topic=DEAD_LETTERS)
+            producer = Producer(settings, stream, log, stop)
+            producer.start()
+            print(HEADER, flush=True)
+            next_sample = started
+            last_events, last_move = -1, time.monotonic()
+            while True:
+                now = time.monotonic()
+                finished = log.events >= settings.events
+                if now >= next_sample or finished:
+                    sample = Sample(round(now - started, 1), log.events, producer.produced, log.lag,
+                                    read_rss_mib(process.pid), read_rss_mib(broker.pid), log.index_version, log.index_items)
+                    samples.append(sample)
+                    print(_row(sample), flush=True)
+                    while next_sample <= now:
+                        next_sample += settings.sample_s
+                if finished:
+                    break
+                if producer.error is not None:
+                    raise RuntimeError(f"producer failed: {producer.error!r}") from producer.error
+                if process.poll() is not None:
+                    raise RuntimeError(f"daemon exited with {process.returncode} at {log.events} events; "
+                                       "log tail:\n" + "\n".join(log.tail))
+                if log.events != last_events:
+                    last_events, last_move = log.events, now
+                elif now - last_move > settings.stall_s:
+                    raise RuntimeError(f"no training progress for {settings.stall_s:.0f} s at {log.events} events "
+                                       f"({producer.produced} produced); log tail:\n" + "\n".join(log.tail))
+                time.sleep(POLL_S)
+        finally:
+            stop.set()
+            if process is not None:
+                daemon_exit = _stop_daemon(process)
+            if log is not None:
+                log.join(5.0)
+            if producer is not None:
+                producer.join(30.0)
+            broker.stop()
+            workdir_bytes = _dir_bytes(workdir)
+    seconds = time.monotonic() - started
+    assert log is not None
+    trained = log.stopped_after if log.stopped_after is not None else log.events
+    fit = fit_growth(samples, settings.events, settings.warmup_fraction, settings.flat_mib_per_m)
+    result = SoakResult(settings, samples, fit, trained, seconds, log.checkpoints, daemon_exit, workdir_bytes)
+    _report(result)
+    return result
+
+
+def _report(result: SoakResult) -> None:
+    s, fit = result.settings, result.fit
+    print(f"\ntrained {result.trained:,} events in {result.seconds:.0f} s "
+          f"({result.trained / max(result.seconds, 1e-9):,.0f}/s); {result.checkpoints} checkpoints; "
+          f"daemon exit {result.daemon_exit}; checkpoints + index on disk at the end {result.workdir_bytes / 2**20:.1f} MiB "
+          f"(temp dir, removed)")
+    rss = [x.rss_mib for x in result.samples if math.isfinite(x.rss_mib)]
+    if rss:
+        print(f"daemon RSS: min {min(rss):.1f}, max {max(rss):.1f}, last {rss[-1]:.1f} MiB; "
+              f"broker RSS last {result.samples[-1].broker_rss_mib:.1f} MiB (memory-only topic: grows with events produced)")
+    print(f"fit: RSS vs events trained over {fit.points} samples with events >= {fit.warmup_events:,} "
+          f"(warm-up = first {s.warmup_fraction:.0%} of events)")
+    print(f"slope: {_fmt(fit.slope_mib_per_m, '+.2f')} MiB per 1M events; growth after warm-up: "
+          f"{_fmt(fit.growth_mib, '+.1f')} MiB observed (first to last sample), {_fmt(fit.fitted_growth_mib, '+.1f')} MiB fitted")
+    print(fit.verdict(s.flat_mib_per_m), flush=True)
+    result.outputs["json"] = str(_write_json(result))
+    if s.plot:
+        result.outputs["png"] = str(_plot(result))
+    print(f"wrote {', '.join(result.outputs.values())} and {s.out / 'daemon.log'}", flush=True)
+
+
+def _write_json(result: SoakResult) -> Path:
+    path = result.settings.out / "soak.json"
+    data = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result.settings).items()},
+        "trained": result.trained,
+        "seconds": round(result.seconds, 1),
+        "checkpoints": result.checkpoints,
+        "daemon_exit": result.daemon_exit,
+        "workdir_bytes": result.workdir_bytes,
+        "fit": dataclasses.asdict(result.fit),
+        "verdict": result.fit.verdict(result.settings.flat_mib_per_m),
+        "samples": [dataclasses.asdict(x) for x in result.samples],
+    }
+    path.write_text(json.dumps(_finite(data), indent=1, allow_nan=False))
+    return path
+
+
+def _finite(value: object) -> object:
+    """``value`` with NaN (a process already gone when sampled) as null, so the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _plot(result: SoakResult) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples, fit = result.samples, result.fit
+    events_m = np.array([x.events for x in samples]) / 1e6
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.plot(events_m, [x.rss_mib for x in samples], ".-", label="daemon VmRSS")
+    left.axvspan(0, fit.warmup_events / 1e6, color="0.9", label="warm-up (not fitted)")
+    if fit.slope_mib_per_m is not None:
+        kept = [x for x in samples if x.events >= fit.warmup_events]
+        xs = np.array([x.events for x in kept]) / 1e6
+        intercept = np.mean([x.rss_mib for x in kept]) - fit.slope_mib_per_m * xs.mean()
+        left.plot(xs, intercept + fit.slope_mib_per_m * xs, "--", label=f"fit: {fit.slope_mib_per_m:+.2f} MiB / 1M events")
+    left.set_xlabel("events trained (millions)")
+    left.set_ylabel("MiB")
+    left.set_title("Training daemon resident memory")
+    left.legend()
+    elapsed = [x.elapsed_s for x in samples]
+    right.plot(elapsed, events_m, label="trained")
+    right.plot(elapsed, [x.produced / 1e6 for x in samples], label="produced")
+    right.set_xlabel("elapsed s")
+    right.set_ylabel("events (millions)")
+    right.set_title("Progress")
+    right.legend()
+    fig.tight_layout()
+    path = result.settings.out / "soak.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # run the finally blocks: stop the daemon and the broker
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = SoakSettings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=defaults.events)
+    parser.add_argument("--sample-s", type=float, default=defaults.sample_s, help="seconds between memory samples")
+    parser.add_argument("--out", type=Path, default=defaults.out, help="soak.json, soak.png, daemon.log go here")
+    parser.add_argument("--partitions", type=int, default=defaults.partitions)
+    parser.add_argument("--batch-events", type=int, default=defaults.batch_events, help="events per Arrow message and per training batch")
+    parser.add_argument("--chunk-events", type=int, default=defaults.chunk_events, help="events generated and produced at a time")
+    parser.add_argument("--max-ahead-events", type=int, default=defaults.max_ahead_events, help="most events produced but not yet trained")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--new-users-per-10k", type=int, default=defaults.new_users_per_10k)
+    parser.add_argument("--new-items-per-10k", type=int, default=defaults.new_items_per_10k)
+    parser.add_argument("--max-items", type=int, default=defaults.max_items, help="[index] max_items: the catalogue bound")
+    parser.add_argument("--checkpoint-every-s", type=float, default=defaults.checkpoint_every_s)
+    parser.add_argument("--sync-interval-s", type=float, default=defaults.sync_interval_s)
+    parser.add_argument("--full-refresh-interval-s", type=float, default=defaults.full_refresh_interval_s)
+    parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction, help="events left out of the fit")
+    parser.add_argument("--flat-mib-per-m", type=float, default=defaults.flat_mib_per_m, help="verdict threshold on |slope|")
+    parser.add_argument("--stall-s", type=float, default=defaults.stall_s)
+    parser.add_argument("--no-plot", dest="plot", action="store_false")
+    args = parser.parse_args(argv)
+    settings = SoakSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SoakSettings) if hasattr(args, f.name)})
+    signal.signal(signal.SIGTERM, _terminate)
+    run_soak(settings)
+
+
+if __name__ == "__main__":
+    main()
