@@ -48,12 +48,21 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from inttower.daemon import TrainingDaemon
+    from inttower.distributed import coordinator_from_env
 
     config = _config(args.config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    summary = TrainingDaemon(config, stop).run()
+    # Under torchrun (RANK, WORLD_SIZE, ... set) this process is one rank of a job.
+    coordinator = coordinator_from_env(config.train.device)
+    try:
+        summary = TrainingDaemon(config, stop, coordinator=coordinator).run()
+    finally:
+        coordinator.close()
+    if coordinator.rank != 0:
+        logging.getLogger("inttower.daemon").info("rank %d stopped after %d events", coordinator.rank, summary.events)
+        return
     quality = ", ".join(f"{name} AUC {m['auc']:.4f} logloss {m['logloss']:.4f}" for name, m in summary.models.items())
     print(
         f"stopped after {summary.events} events in {summary.seconds:.0f} s "

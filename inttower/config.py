@@ -74,6 +74,9 @@ class DaemonConfig:
     stop_when_idle_s: float | None = None
     # Points of the quality-vs-event-time history kept for reports (every N events).
     history_every_events: int = field(default=5_000, metadata={"ge": 1})
+    # Debug: each rank appends a sha256 of its parameters after every step to
+    # <dir>/digests-rank<r>.txt (multi-worker tests check the replicas stay identical).
+    parameter_digest_dir: str | None = None
 
 
 @dataclass(frozen=True)

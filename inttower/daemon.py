@@ -4,6 +4,11 @@ Wiring only: consuming and validation are `stream`'s, training is `model`'s. The
 owns the consumed offsets; they are checkpointed together with the trainer state and
 the trained-event record, so a restart resumes at the offset after the last event the
 restored model learned from: every event counts exactly once across crashes.
+
+Under torchrun the daemon is one rank of a data-parallel job; its `Coordinator`
+(`inttower.distributed`) keeps the ranks in lockstep. Rank 0 writes the one checkpoint
+(every rank's offsets), the audit record and the index, and holds the job's streaming
+metrics; every rank reads its own fixed share of the partitions.
 """
 
 from __future__ import annotations
@@ -13,19 +18,30 @@ import logging
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from inttower.config import AppConfig
 from index_sync.catalogue import ItemCatalogue
 from index_sync.snapshot_files import SnapshotWriter
 from index_sync.sync import IndexSync
+from inttower.config import AppConfig
+from inttower.distributed import (
+    Agreement,
+    Coordinator,
+    LocalCoordinator,
+    ParameterDigestLog,
+    StepRecord,
+    StepShare,
+    merge_offsets,
+    partitions_for_rank,
+    stand_in_batch,
+)
 from inttower.errors import UserError
 from inttower.telemetry import Telemetry
 from model.audit import TrainedEventLog
@@ -39,9 +55,11 @@ from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
 from stream.events import EventField, EventSchema
+from stream.topics import TopicNotFoundError, topic_partitions
 
 log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
+BUSY_POLL_S = 0.02  # multi-worker, while the job has events: a rank without a batch must not hold the others
 TELEMETRY_EVERY_S = 1.0  # lag and index gauges: about one Prometheus scrape interval
 CATALOGUE_PART = "catalogue.parquet"
 
@@ -77,21 +95,30 @@ class DaemonSummary:
 
 
 class BatchObserver(Protocol):
-    """Something that follows every trained batch (index sync, benchmarks, reports)."""
+    """Something that follows every trained batch (index sync, benchmarks, reports).
+
+    In multi-worker training each rank's observers see that rank's batches.
+    """
 
     def on_batch(self, table: pa.Table, results: dict[str, StepResult]) -> None: ...
 
 
 class TrainingDaemon:
-    """Runs until ``stop`` is set (signals) or a configured stop condition is met."""
+    """Runs until ``stop`` is set (signals) or a configured stop condition is met.
+
+    ``coordinator``: the other ranks of a multi-worker job; by default none (one process).
+    """
 
     def __init__(
-        self, config: AppConfig, stop: threading.Event | None = None, observers: Sequence[BatchObserver] = ()
+        self, config: AppConfig, stop: threading.Event | None = None, observers: Sequence[BatchObserver] = (),
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.config = config
         self.stop = stop or threading.Event()
         self.observers = list(observers)
-        self.device = resolve_device(config.train.device)
+        self.coordinator = coordinator or LocalCoordinator()
+        self.primary = self.coordinator.rank == 0
+        self.device = self.coordinator.place(resolve_device(config.train.device))
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         self.encoder = FeatureEncoder(config.model.features)
@@ -99,12 +126,18 @@ class TrainingDaemon:
         names = (config.model.kind, *[k for k in config.daemon.shadow_models if k != config.model.kind])
         self.slots = [self._slot(name) for name in names]
         self.store = CheckpointStore(config.daemon.checkpoint_dir, config.daemon.keep_checkpoints)
-        self.index_sync = self._index_sync() if config.index.enabled else None
-        self.telemetry = Telemetry(config.monitoring, [s.name for s in self.slots]) if config.monitoring.enabled else None
-        self.audit = TrainedEventLog(config.daemon.audit_log) if config.daemon.audit_log else None
-        self.offsets: dict[int, int] = {}
-        self.events = 0
-        self.dead_lettered: Counter[str] = Counter()
+        self.index_sync = self._index_sync() if config.index.enabled and self.primary else None
+        self.telemetry = self._telemetry() if config.monitoring.enabled else None
+        self.audit = TrainedEventLog(config.daemon.audit_log) if config.daemon.audit_log and self.primary else None
+        digests = config.daemon.parameter_digest_dir
+        self.digests = ParameterDigestLog(digests, self.coordinator.rank) if digests else None
+        self.offsets: dict[int, int] = {}  # next offset of each partition this rank reads
+        self._restored_offsets: dict[int, int] = {}
+        self.events = 0  # the job's: identical on every rank
+        self.dead_lettered: Counter[str] = Counter()  # this rank's (rank 0: plus the restored totals)
+        self._job_dead_lettered: Counter[str] = Counter()
+        self._lag = 0
+        self._stand_in = stand_in_batch(self.encoder) if self.coordinator.world_size > 1 else None
         self.checkpoints_written = 0
         self._events_at_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -124,6 +157,13 @@ class TrainingDaemon:
         model = build_model(replace(self.config.model, kind=name)).to(self.device)
         window = self.config.daemon.metric_window
         return ModelSlot(name, OnlineTrainer(model, self.config.train, self.config.online), RollingAUC(window), RollingLogLoss(window))
+
+    def _telemetry(self) -> Telemetry:
+        """Rank 0 exports everything; other ranks their own stream metrics (see `Telemetry`)."""
+        if self.coordinator.world_size == 1:
+            return Telemetry(self.config.monitoring, [s.name for s in self.slots])
+        models = [s.name for s in self.slots] if self.primary else []
+        return Telemetry(self.config.monitoring, models, rank=self.coordinator.rank)
 
     def _index_sync(self) -> IndexSync:
         """The primary model's item index; versions go to disk when index_dir is set."""
@@ -160,8 +200,9 @@ class TrainingDaemon:
             self.index_sync.catalogue = catalogue
             self.index_sync.dirty.touch(catalogue.item_ids())  # the first sync re-publishes every item
         self.offsets = {int(p): int(o) for p, o in meta["offsets"].items()}
+        self._restored_offsets = dict(self.offsets)
         self.events = int(meta["events"])
-        self.dead_lettered = Counter(meta["dead_lettered"])
+        self.dead_lettered = Counter(meta["dead_lettered"]) if self.primary else Counter()
         self._events_at_checkpoint = self._events_at_status = self.events
         if self.audit is not None:
             self.audit.truncate(int(meta["audit_position"]))
@@ -169,7 +210,15 @@ class TrainingDaemon:
         return True
 
     def checkpoint(self) -> None:
+        """Every rank calls it at the same iteration; rank 0 writes every rank's offsets."""
         started = time.perf_counter()
+        shares = self.coordinator.gather((dict(self.offsets), dict(self.dead_lettered)))
+        self._events_at_checkpoint = self.events
+        self._last_checkpoint = time.monotonic()
+        if shares is None:
+            return
+        offsets = merge_offsets(self._restored_offsets, [share[0] for share in shares])
+        self._job_dead_lettered = sum((Counter(share[1]) for share in shares), Counter())
         parts = {}
         for slot in self.slots:
             buffer = io.BytesIO()
@@ -181,9 +230,9 @@ class TrainingDaemon:
             self.audit.sync()
         metadata = {
             "models": [s.name for s in self.slots],
-            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "offsets": {str(p): o for p, o in sorted(offsets.items())},
             "events": self.events,
-            "dead_lettered": dict(self.dead_lettered),
+            "dead_lettered": dict(self._job_dead_lettered),
             "audit_position": self.audit.position() if self.audit is not None else 0,
             "metrics": {s.name: {"auc": s.auc.state_dict(), "logloss": s.logloss.state_dict()} for s in self.slots},
         }
@@ -193,31 +242,46 @@ class TrainingDaemon:
         if self.index_sync is not None:
             self.index_sync.checkpoint_name = str(written.path)
         self.checkpoints_written += 1
-        self._events_at_checkpoint = self.events
-        self._last_checkpoint = time.monotonic()
         log.info("checkpoint %s at %d events (%.2f s)", written.path.name, self.events, time.perf_counter() - started)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> DaemonSummary:
         started = time.monotonic()
         self.restore()
-        consumer = ClickStreamConsumer(self.config.stream, self.schema, start_offsets=dict(self.offsets))
+        for slot in self.slots:
+            self.coordinator.replicate(slot.trainer)
+        partitions = self._partitions()
+        stream = self.config.stream
+        if partitions is not None:
+            stream = replace(stream, assignment="static")
+            self.offsets = {p: o for p, o in self.offsets.items() if p in partitions}
+        consumer = ClickStreamConsumer(stream, self.schema, start_offsets=dict(self.offsets), partitions=partitions)
         dead_letters = DeadLetterWriter(self.config.stream)
         self._last_event = time.monotonic()
         if self.telemetry is not None:
             self.telemetry.serve()
         if self.index_sync is not None:
             self.index_sync.start()
+        agreed_stop, busy = False, False
         try:
-            while not self.stop.is_set() and not self._should_stop():
-                batch = consumer.next_batch(timeout_s=POLL_TIMEOUT_S)
-                if batch is not None:
-                    self._process(batch, dead_letters)
-                self._timers(consumer)
+            while True:
+                stopping = self.stop.is_set() or self._should_stop()
+                wait = BUSY_POLL_S if busy and self.coordinator.world_size > 1 else POLL_TIMEOUT_S
+                batch = None if stopping else consumer.next_batch(timeout_s=wait)
+                agreement = self.coordinator.agree(batch.events if batch is not None else 0, stopping,
+                                                   self._checkpoint_timer_fired(), self._lag)
+                if agreement.stop:  # a batch taken this iteration is dropped: its offsets never advanced
+                    agreed_stop = True
+                    break
+                self._process(batch, agreement, dead_letters)
+                self._timers(consumer, agreement)
+                busy = agreement.total_rows > 0
         finally:
             if self.index_sync is not None:
                 self.index_sync.stop()
-            self.checkpoint()
+            # Ranks that did not agree to stop cannot gather offsets: the last checkpoint stands.
+            if agreed_stop or self.coordinator.world_size == 1:
+                self.checkpoint()
             consumer.commit(dict(self.offsets))
             consumer.close()
             dead_letters.close()
@@ -227,41 +291,82 @@ class TrainingDaemon:
                 self.telemetry.close()
         return DaemonSummary(
             events=self.events,
-            dead_lettered=dict(self.dead_lettered),
+            dead_lettered=dict(self._job_dead_lettered),
             seconds=time.monotonic() - started,
             streaming_seconds=(self._last_batch_at - self._first_batch_at) if self._first_batch_at else 0.0,
             checkpoints=self.checkpoints_written,
             models={s.name: {"auc": s.auc.get(), "logloss": s.logloss.get()} for s in self.slots},
         )
 
-    def _process(self, batch: Batch, dead_letters: DeadLetterWriter) -> None:
-        self._first_batch_at = self._first_batch_at or time.monotonic()
-        if batch.rejects:
-            dead_letters.write(batch.rejects, self.config.stream.topic)
-            self.dead_lettered.update(r.reason for r in batch.rejects)
-        rows = batch.table.num_rows
+    def _partitions(self) -> list[int] | None:
+        """This rank's fixed share of the topic's partitions; None when a consumer group assigns them."""
+        world = self.coordinator.world_size
+        if world == 1 and self.config.stream.assignment == "group":
+            return None
+        try:
+            every = topic_partitions(self.config.stream) if self.primary else None
+        except TopicNotFoundError as exc:
+            raise UserError(str(exc)) from None
+        every = self.coordinator.broadcast(every)
+        if len(every) < world:
+            raise UserError(f"topic {self.config.stream.topic!r} has {len(every)} partitions: too few for {world} workers")
+        mine = partitions_for_rank(every, self.coordinator.rank, world)
+        log.info("rank %d of %d reads partitions %s", self.coordinator.rank, world, mine)
+        return mine
+
+    def _process(self, batch: Batch | None, agreement: Agreement, dead_letters: DeadLetterWriter) -> None:
+        rows = batch.events if batch is not None else 0
+        if batch is not None:
+            self._first_batch_at = self._first_batch_at or time.monotonic()
+            if batch.rejects:
+                dead_letters.write(batch.rejects, self.config.stream.topic)
+                self.dead_lettered.update(r.reason for r in batch.rejects)
         results: dict[str, StepResult] = {}
-        if rows:
-            features = self.encoder.encode(batch.table)
-            for i, slot in enumerate(self.slots):
-                result = results[slot.name] = slot.trainer.step(features)
-                slot.auc.update(result.labels, result.probabilities)
-                slot.logloss.update(result.labels, result.probabilities)
-                if i == 0 and result.stepped and self.audit is not None:
-                    self.audit.append(batch.table.column("event_id").to_pylist())
-            if self.index_sync is not None:
-                self.index_sync.observe(batch.table)
-            for observer in self.observers:
-                observer.on_batch(batch.table, results)
+        if agreement.total_rows:
+            # A rank without events still steps (weight 0): DDP's all-reduce needs every rank.
+            features = self.encoder.encode(batch.table) if rows else self._stand_in
+            weight = agreement.loss_weight(self.coordinator.rank)
+            for slot in self.slots:
+                results[slot.name] = slot.trainer.step(features, weight)
+            if rows:
+                for observer in self.observers:
+                    observer.on_batch(batch.table, results)
+            if self.digests is not None:
+                self.digests.append(self.slots[0].trainer.steps, [s.trainer.model for s in self.slots])
             self._last_event = time.monotonic()
+        if batch is not None:
+            if self.telemetry is not None:
+                self.telemetry.on_consumed(batch)
+            self.offsets.update(batch.next_offsets)
+            self._last_batch_at = time.monotonic()
+        self.events += agreement.total_rows
+        if agreement.total_rows:
+            record = self._step_record(batch.table if rows else None, results)
+            if record is not None:
+                self._record(record)
+
+    def _step_record(self, table: pa.Table | None, results: dict[str, StepResult]) -> StepRecord | None:
+        """Every rank's events of this step, on rank 0 (None elsewhere)."""
+        audit, index = self.config.daemon.audit_log is not None, self.config.index.enabled
+        if self.coordinator.world_size == 1:
+            return StepRecord.of_batch(table, results, audit, index)
+        share = StepShare.of(table, results, audit, index) if table is not None else None
+        shares = self.coordinator.gather(share)
+        return StepRecord.merged(shares, results) if shares is not None else None
+
+    def _record(self, step: StepRecord) -> None:
+        for i, slot in enumerate(self.slots):
+            result = step.results[slot.name]
+            slot.auc.update(result.labels, result.probabilities)
+            slot.logloss.update(result.labels, result.probabilities)
+            if i == 0 and result.stepped and self.audit is not None:
+                self.audit.append(step.event_ids)
+        if self.index_sync is not None:
+            self.index_sync.observe(step.items)
         if self.telemetry is not None:
-            self.telemetry.on_batch(batch, results)
-        self.offsets.update(batch.next_offsets)
-        self.events += rows
-        self._last_batch_at = time.monotonic()
-        if rows:
-            self._history_ts.append(batch.table.column("ts").to_numpy())
-        if rows and self.events >= self._next_history:
+            self.telemetry.on_step(step.results, step.event_ts_ms)
+        self._history_ts.append(step.event_ts_ms)
+        if self.events >= self._next_history:
             # Batches alternate between partitions, each a little ahead or behind in event
             # time: a point sits at the median event time of the events since the last one,
             # kept monotone so the history reads as a time series.
@@ -275,31 +380,36 @@ class TrainingDaemon:
         for slot in self.slots:
             slot.history.append({"events": self.events, "event_ts_ms": event_ts_ms, "auc": slot.auc.get(), "logloss": slot.logloss.get()})
 
-    def _timers(self, consumer: ClickStreamConsumer) -> None:
+    def _timers(self, consumer: ClickStreamConsumer, agreement: Agreement) -> None:
         if self.index_sync is not None:
             self.index_sync.serve_handoff()
         now = time.monotonic()
-        if self.telemetry is not None and now - self._last_telemetry >= TELEMETRY_EVERY_S:
+        if now - self._last_telemetry >= TELEMETRY_EVERY_S:
             # Lag reads the consumer thread's state under its lock: not on every batch.
-            self.telemetry.on_lag(consumer.lag())
-            if self.index_sync is not None:
-                self.telemetry.on_index(self.index_sync)
+            lag = consumer.lag()
+            self._lag = sum(v for v in lag.values() if v is not None)
+            if self.telemetry is not None:
+                self.telemetry.on_lag(lag)
+                if self.index_sync is not None:
+                    self.telemetry.on_index(self.index_sync)
             self._last_telemetry = now
         daemon = self.config.daemon
         if now - self._last_commit >= daemon.commit_every_s:
             consumer.commit(dict(self.offsets))
             self._last_commit = now
+        # Same inputs on every rank (the job's event count, rank 0's timer vote): all or none.
         if self.events > self._events_at_checkpoint and (
-            now - self._last_checkpoint >= daemon.checkpoint_every_s
-            or self.events - self._events_at_checkpoint >= daemon.checkpoint_every_events
+            agreement.checkpoint or self.events - self._events_at_checkpoint >= daemon.checkpoint_every_events
         ):
             self.checkpoint()
-        if now - self._last_status >= daemon.status_every_s:
-            self._status(consumer, now)
+        if self.primary and now - self._last_status >= daemon.status_every_s:
+            self._status(agreement.lag, now)
 
-    def _status(self, consumer: ClickStreamConsumer, now: float) -> None:
+    def _checkpoint_timer_fired(self) -> bool:
+        return self.primary and time.monotonic() - self._last_checkpoint >= self.config.daemon.checkpoint_every_s
+
+    def _status(self, lag: int, now: float) -> None:
         rate = (self.events - self._events_at_status) / max(now - self._last_status, 1e-9)
-        lag = sum(v for v in consumer.lag().values() if v is not None)
         quality = "  ".join(f"{s.name} auc {s.auc.get():.4f} logloss {s.logloss.get():.4f}" for s in self.slots)
         skipped = sum(sum(s.trainer.skipped.values()) for s in self.slots)
         log.info(

@@ -3,16 +3,25 @@
 Quality gauges (streaming AUC, logloss, calibration, AUC drift) are computed when
 Prometheus scrapes, from ring buffers the loop fills per batch: the exact AUC over a
 window costs a sort, which a scrape every few seconds can afford and a step cannot.
+
+In multi-worker training every rank serves its own endpoint, on ``[monitoring] port +
+rank`` (each a free port when the port is 0), and every series there carries a ``rank``
+label: rank 0 exports everything (the job's quality and steps, the index, checkpoints,
+and its own stream), the other ranks their own stream only (events consumed, dead
+letters, consumer lag, by partition).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from index_sync.sync import IndexSync, SyncReport
 from model.online import SKIP_NON_FINITE_GRADIENT, SKIP_NON_FINITE_LOSS, StepResult
@@ -25,6 +34,8 @@ from stream.consumer import Batch
 
 log = logging.getLogger("inttower.telemetry")
 MS = 1000.0
+#: What ranks other than 0 export: their own throughput and lag (metric family names).
+RANK_STREAM_METRICS = frozenset({"inttower_events_consumed", "inttower_events_dead_lettered", "inttower_consumer_lag_messages"})
 
 
 @dataclass
@@ -46,11 +57,33 @@ class ModelQuality:
         return found
 
 
-class Telemetry:
-    """Owns the metrics of one daemon; every method is called from the training loop."""
+class RankLabelled(Collector):
+    """Another registry's samples with a ``rank`` label added; ranks > 0 keep the stream metrics only."""
 
-    def __init__(self, config: MonitoringConfig, models: list[str]) -> None:
+    def __init__(self, registry: CollectorRegistry, rank: int) -> None:
+        self.registry, self.rank = registry, rank
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if self.rank != 0 and family.name not in RANK_STREAM_METRICS:
+                continue
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labelled.add_sample(sample.name, {**sample.labels, "rank": str(self.rank)}, sample.value,
+                                    sample.timestamp, sample.exemplar)
+            yield labelled
+
+
+class Telemetry:
+    """Owns the metrics of one daemon; every method is called from the training loop.
+
+    ``rank``: this process's rank in a multi-worker job (None: a single process, no
+    ``rank`` label); see the module docstring.
+    """
+
+    def __init__(self, config: MonitoringConfig, models: list[str], rank: int | None = None) -> None:
         self.config = config
+        self.rank = rank
         self.metrics = TrainerMetrics()
         windows = sorted(config.auc_windows)
         self.quality: dict[str, ModelQuality] = {}
@@ -81,21 +114,45 @@ class Telemetry:
         self._last_version_seen = 0
         self._evicted_seen = 0
         self.port: int | None = None
+        self._server = None
 
     def serve(self) -> int:
-        self.port = self.metrics.serve(self.config.host, self.config.port)
-        log.info("metrics on http://%s:%d/metrics", self.config.host, self.port)
+        if self.rank is None:
+            self.port = self.metrics.serve(self.config.host, self.config.port)
+            log.info("metrics on http://%s:%d/metrics", self.config.host, self.port)
+            return self.port
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RankLabelled(self.metrics.registry, self.rank))
+        port = self.config.port + self.rank if self.config.port else 0
+        self._server, _ = start_http_server(port, addr=self.config.host, registry=registry)
+        self.port = self._server.server_port
+        log.info("metrics of rank %d on http://%s:%d/metrics", self.rank, self.config.host, self.port)
         return self.port
 
     def close(self) -> None:
         self.metrics.close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def on_batch(self, batch: Batch, results: dict[str, StepResult], now: float | None = None) -> None:
+        """One process: a batch consumed and stepped on."""
+        self.on_consumed(batch)
+        if batch.table.num_rows:
+            self.on_step(results, batch.table.column("ts").to_numpy(), now)
+
+    def on_consumed(self, batch: Batch) -> None:
+        """This rank's stream: valid events by partition, dead letters."""
         m = self.metrics
         for partition, count in batch.events_by_partition.items():
             m.events_consumed.labels(str(partition)).inc(count)
         for reject in batch.rejects:
             m.events_dead_lettered.labels(reject.reason).inc()
+
+    def on_step(self, results: dict[str, StepResult], event_ts_ms: np.ndarray, now: float | None = None) -> None:
+        """The job's step: every model's result over the events of every rank (``event_ts_ms``: theirs)."""
+        m = self.metrics
         for name, result in results.items():
             if result.stepped:
                 m.optimizer_steps.labels(name).inc()
@@ -106,10 +163,9 @@ class Telemetry:
                 m.drift_detections.labels(name).inc()
                 log.warning("drift detected for %s: prequential logloss rose (block %d)", name,
                             self.quality[name].drift.blocks)
-        if batch.table.num_rows and any(r.stepped for r in results.values()):
+        if len(event_ts_ms) and any(r.stepped for r in results.values()):
             now = time.time() if now is None else now
-            event_ms = batch.table.column("ts").to_numpy()
-            observe_many(m.event_to_update, np.maximum(now - event_ms / MS, 0.0))
+            observe_many(m.event_to_update, np.maximum(now - event_ts_ms / MS, 0.0))
 
     def on_lag(self, lag: dict[int, int]) -> None:
         for partition, value in lag.items():

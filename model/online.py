@@ -10,15 +10,17 @@ finite is skipped and counted: it never reaches the weights.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from model.base import CIRNegatives, PreRanker
+from model.base import CIRNegatives, ModelOutput, PreRanker
 from model.config import OnlineConfig, TrainConfig
 from model.features import FeatureBatch
 
@@ -97,11 +99,26 @@ def _batch_norm_frozen_if(frozen: bool, model: nn.Module):
             m.train()
 
 
+def _every_output(output: ModelOutput) -> torch.Tensor:
+    """The sum of every output tensor; added with weight 0 to a replica's loss (see `step`)."""
+    tensors = [getattr(output, f.name) for f in dataclasses.fields(output)]
+    return sum(t.float().sum() for t in tensors if isinstance(t, torch.Tensor))
+
+
 class OnlineTrainer:
-    """Owns a model and its optimizer; `step` does test-then-train on one batch."""
+    """Owns a model and its optimizer; `step` does test-then-train on one batch.
+
+    Multi-worker training (`inttower.distributed`) sets two hooks: ``training_module``,
+    the module the training forward runs through (a DistributedDataParallel wrapper of
+    ``model``, which all-reduces gradients in backward), and ``on_bias_init``, called on
+    every replica while no step has been taken, after the data-dependent bias start, with
+    whether this replica computed it (so the replicas can share one).
+    """
 
     def __init__(self, model: PreRanker, train: TrainConfig, online: OnlineConfig) -> None:
         self.model = model
+        self.training_module: nn.Module = model
+        self.on_bias_init: Callable[[bool], None] | None = None
         self.online = online
         self.optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
         self.window = CIRWindow(online.cir_window)
@@ -121,24 +138,43 @@ class OnlineTrainer:
         with self._precision():
             return torch.sigmoid(self.model(batch).logits.float())
 
-    def step(self, batch: FeatureBatch) -> StepResult:
+    def step(self, batch: FeatureBatch, loss_weight: float = 1.0) -> StepResult:
+        """Score ``batch``, then one optimizer step on its loss times ``loss_weight``.
+
+        ``loss_weight = 0`` marks a stand-in batch: a replica with no events of its own
+        taking part in a synchronized step. It adds no gradient, leaves BatchNorm
+        statistics, the bias start and the CIR window alone, and counts no events.
+        """
         started = time.perf_counter()
         batch = batch.to(self.device, non_blocking=True)
+        stand_in = loss_weight == 0.0
         probabilities = self.predict(batch)
-        if self.steps == 0 and len(batch) >= 2:  # a fresh model: start calibrated
-            self.model.init_output_bias(batch)
+        if self.steps == 0:  # a fresh model: start calibrated
+            initialized = len(batch) >= 2 and not stand_in
+            if initialized:
+                self.model.init_output_bias(batch)
+            if self.on_bias_init is not None:
+                self.on_bias_init(initialized)
         self.model.train()
-        with _batch_norm_frozen_if(len(batch) < 2, self.model), self._precision():
-            output = self.model(batch)
+        with _batch_norm_frozen_if(len(batch) < 2 or stand_in, self.model), self._precision():
+            output = self.training_module(batch)
             negatives = self.window.negatives() if self.steps >= self.online.cir_window_warmup_steps else None
             parts = self.model.loss(batch, output, negatives)
         reason = None
         loss_value = float(parts.total.detach())
         self.optimizer.zero_grad(set_to_none=True)
+        # A DistributedDataParallel replica must deliver a gradient for every parameter, so
+        # outputs the loss does not use join it with weight 0; after a non-finite loss it
+        # still takes part, with NaN gradients: every replica then skips the step.
+        replicated = self.training_module is not self.model
         if not np.isfinite(loss_value):
             reason = SKIP_NON_FINITE_LOSS
+            if replicated:
+                ((parts.total + _every_output(output)) * float("nan")).backward()
+                self.optimizer.zero_grad(set_to_none=True)
         else:
-            parts.total.backward()
+            loss = parts.total if loss_weight == 1.0 else parts.total * loss_weight
+            (loss + _every_output(output) * 0.0 if replicated else loss).backward()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.online.grad_clip_norm)
             if not torch.isfinite(norm):
                 reason = SKIP_NON_FINITE_GRADIENT
@@ -146,9 +182,10 @@ class OnlineTrainer:
             else:
                 self.optimizer.step()
                 self.steps += 1
-                self.events_trained += len(batch)
-                if output.cir_item is not None:
-                    self.window.push(output.cir_item, batch.item_ids)
+                if not stand_in:
+                    self.events_trained += len(batch)
+                    if output.cir_item is not None:
+                        self.window.push(output.cir_item, batch.item_ids)
         if reason is not None:
             self.skipped[reason] += 1
         return StepResult(

@@ -1,0 +1,318 @@
+"""Multi-worker training: the few points where the ranks of a torchrun job must agree.
+
+Kafka partitions are the unit of work: rank r reads the partitions p with
+p % world_size == r (static assignment, so every checkpointed offset stays exact), and
+the ranks train one model replica each, gradients all-reduced by DistributedDataParallel
+(gloo on CPU, NCCL on CUDA). The daemon talks to a `Coordinator` at the few points that
+need the other ranks:
+
+- once per loop iteration, `agree`: one all_reduce of a small int vector (each rank's
+  valid events, stop and checkpoint votes, lag), so every rank steps, stops and
+  checkpoints at the same iteration; a rank without events takes part in the step with a
+  stand-in batch of loss weight 0 (`stand_in_batch`);
+- after each step, `gather`: rank 0 receives what every rank's events add to its
+  bookkeeping (`StepShare`: predictions for the streaming metrics, event ids for the
+  audit, item rows for the index);
+- at a checkpoint, `gather` of every rank's offsets, merged into the one checkpoint
+  rank 0 writes (`merge_offsets`).
+
+`LocalCoordinator` is one process and no collectives: the daemon's behaviour without
+torchrun. `TorchDistributedCoordinator` is torch.distributed; `coordinator_from_env` picks
+one from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import distributed as dist
+from torch import nn
+
+from model.device import resolve_device
+from model.features import FeatureBatch, FeatureEncoder, TowerInputs
+from model.online import OnlineTrainer, StepResult
+
+#: Longest a rank waits in a collective for the others (a hung peer; a dead one is seen at once).
+COLLECTIVE_TIMEOUT_S = 300.0
+#: Rows of a stand-in batch: BatchNorm is frozen for it, two rows keep every kernel on its usual path.
+STAND_IN_ROWS = 2
+_VOTE_FIELDS = 3  # stop, checkpoint, lag; then one slot of rows per rank
+
+T = TypeVar("T")
+
+
+def partitions_for_rank(partitions: Iterable[int], rank: int, world_size: int) -> list[int]:
+    """Rank ``rank``'s fixed share: the partitions p with p % world_size == rank, sorted."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside a world of {world_size}")
+    return sorted(p for p in partitions if p % world_size == rank)
+
+
+def merge_offsets(restored: Mapping[int, int], shares: Iterable[Mapping[int, int]]) -> dict[int, int]:
+    """One checkpoint's offsets: every rank's own partitions over the restored ones.
+
+    The ranks' shares are disjoint (static assignment); partitions no rank reads now keep
+    their restored offset, so a restart with another world size loses nothing.
+    """
+    merged = dict(restored)
+    seen: set[int] = set()
+    for share in shares:
+        overlap = seen & share.keys()
+        if overlap:
+            raise ValueError(f"partitions {sorted(overlap)} reported by two ranks")
+        seen |= share.keys()
+        merged.update(share)
+    return merged
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What every rank learned from one iteration's all_reduce: identical on all ranks."""
+
+    rows: tuple[int, ...]  # valid events each rank holds this iteration, by rank
+    stop: bool  # some rank wants to stop: all stop before stepping
+    checkpoint: bool  # rank 0's checkpoint timer fired
+    lag: int  # the job's consumer lag (sum of each rank's last reading)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows)
+
+    def loss_weight(self, rank: int) -> float:
+        """rows_rank * world / rows_total: DDP's gradient average becomes the mean over all events."""
+        total = self.total_rows
+        return self.rows[rank] * len(self.rows) / total if total else 0.0
+
+    @staticmethod
+    def vote(rank: int, world_size: int, rows: int, stop: bool, checkpoint: bool, lag: int) -> list[int]:
+        """One rank's contribution to the summed vector; only rank 0's checkpoint vote counts."""
+        vector = [0] * (_VOTE_FIELDS + world_size)
+        vector[0], vector[1], vector[2] = int(stop), int(checkpoint and rank == 0), int(lag)
+        vector[_VOTE_FIELDS + rank] = int(rows)
+        return vector
+
+    @classmethod
+    def from_sum(cls, summed: Sequence[int]) -> Agreement:
+        return cls(tuple(int(r) for r in summed[_VOTE_FIELDS:]), bool(summed[0]), bool(summed[1]), int(summed[2]))
+
+
+class Coordinator(Protocol):
+    """The daemon's view of the other ranks (see the module docstring)."""
+
+    rank: int
+    world_size: int
+
+    def place(self, device: torch.device) -> torch.device:
+        """The device this rank trains on (CUDA: the one of its LOCAL_RANK)."""
+
+    def agree(self, rows: int, stop: bool, checkpoint: bool, lag: int) -> Agreement:
+        """Every rank, every loop iteration: what the job does next."""
+
+    def replicate(self, trainer: OnlineTrainer) -> None:
+        """Make ``trainer``'s steps synchronized replicas (call after restoring its state)."""
+
+    def gather(self, obj: T) -> list[T] | None:
+        """Every rank's ``obj`` by rank on rank 0, None elsewhere (every rank must call)."""
+
+    def broadcast(self, obj: T | None) -> T:
+        """Rank 0's ``obj`` on every rank."""
+
+    def close(self) -> None: ...
+
+
+class LocalCoordinator:
+    """One process, no collectives: the trainer as it runs without torchrun."""
+
+    rank = 0
+    world_size = 1
+
+    def place(self, device: torch.device) -> torch.device:
+        return device
+
+    def agree(self, rows: int, stop: bool, checkpoint: bool, lag: int) -> Agreement:
+        return Agreement((rows,), stop, checkpoint, lag)
+
+    def replicate(self, trainer: OnlineTrainer) -> None:
+        pass
+
+    def gather(self, obj: T) -> list[T] | None:
+        return [obj]
+
+    def broadcast(self, obj: T | None) -> T:
+        return obj
+
+    def close(self) -> None:
+        pass
+
+
+class TorchDistributedCoordinator:
+    """One rank of a torch.distributed job (process group from torchrun's environment)."""
+
+    def __init__(self, rank: int, world_size: int, local_rank: int, backend: str) -> None:
+        self.rank, self.world_size, self.local_rank, self.backend = rank, world_size, local_rank, backend
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        self._device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+
+    def place(self, device: torch.device) -> torch.device:
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
+
+    def agree(self, rows: int, stop: bool, checkpoint: bool, lag: int) -> Agreement:
+        vector = torch.tensor(Agreement.vote(self.rank, self.world_size, rows, stop, checkpoint, lag),
+                              dtype=torch.int64, device=self._device)
+        dist.all_reduce(vector)
+        return Agreement.from_sum(vector.tolist())
+
+    def replicate(self, trainer: OnlineTrainer) -> None:
+        # Every parameter gets a gradient in every step (`OnlineTrainer.step` adds the outputs
+        # the loss leaves out with weight 0), so DDP needs no search for unused ones.
+        device_ids = [self.local_rank] if trainer.device.type == "cuda" else None
+        trainer.training_module = nn.parallel.DistributedDataParallel(trainer.model, device_ids=device_ids)
+        trainer.on_bias_init = lambda initialized: self._share_first_initialized(trainer.model, initialized)
+
+    def _share_first_initialized(self, module: nn.Module, initialized: bool) -> None:
+        """The first step's bias start is data-dependent: every rank takes the lowest initialized rank's."""
+        source = torch.tensor([self.rank if initialized else self.world_size], device=self._device)
+        dist.all_reduce(source, op=dist.ReduceOp.MIN)
+        if int(source) < self.world_size:
+            for tensor in (*module.parameters(), *module.buffers()):
+                dist.broadcast(tensor.data, src=int(source))
+
+    def gather(self, obj: T) -> list[T] | None:
+        received: list[T] | None = [None] * self.world_size if self.rank == 0 else None  # type: ignore[list-item]
+        dist.gather_object(obj, received, dst=0)
+        return received
+
+    def broadcast(self, obj: T | None) -> T:
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def started_by_torchrun(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is one rank of a launched job (torchrun sets RANK and WORLD_SIZE)."""
+    return "RANK" in environ and "WORLD_SIZE" in environ
+
+
+def coordinator_from_env(device: str, environ: Mapping[str, str] = os.environ) -> Coordinator:
+    """A `TorchDistributedCoordinator` under torchrun (NCCL for CUDA, else gloo), else a `LocalCoordinator`."""
+    if not started_by_torchrun(environ):
+        return LocalCoordinator()
+    backend = "nccl" if resolve_device(device).type == "cuda" else "gloo"
+    return TorchDistributedCoordinator(int(environ["RANK"]), int(environ["WORLD_SIZE"]),
+                                       int(environ.get("LOCAL_RANK", "0")), backend)
+
+
+def stand_in_batch(encoder: FeatureEncoder, rows: int = STAND_IN_ROWS) -> FeatureBatch:
+    """All-padding features: what a rank without events feeds a synchronized step (weight 0)."""
+
+    def tower(tower_name: str) -> TowerInputs:
+        fields = encoder.tower_fields(tower_name)  # type: ignore[arg-type]
+        return TowerInputs(
+            {f.name: torch.zeros(rows, dtype=torch.int64) for f in fields if f.kind == "categorical"},
+            {f.name: torch.zeros(rows, f.max_len, dtype=torch.int64) for f in fields if f.kind == "multi_categorical"},
+            torch.zeros(rows, sum(f.kind == "numeric" for f in fields), dtype=torch.float32),
+        )
+
+    return FeatureBatch(tower("user"), tower("item"), torch.zeros(rows), torch.zeros(rows, dtype=torch.int64))
+
+
+def distinct_items(table: pa.Table) -> pa.Table:
+    """``item_id`` and ``item`` of each item's last row: what the index needs from a batch."""
+    ids = table.column("item_id").to_numpy()
+    _, first_from_end = np.unique(ids[::-1], return_index=True)
+    keep = np.sort(len(ids) - 1 - first_from_end)
+    return table.select(["item_id", "item"]).take(pa.array(keep))
+
+
+@dataclass
+class StepShare:
+    """What one rank's events of a step add to rank 0's bookkeeping (sent by `Coordinator.gather`)."""
+
+    labels: np.ndarray
+    probabilities: dict[str, np.ndarray]  # by model
+    event_ts_ms: np.ndarray
+    item_ids: np.ndarray  # unique
+    event_ids: list[str] | None = None  # when the audit log is on
+    items: pa.Table | None = None  # `distinct_items`, when the index is on
+
+    @classmethod
+    def of(cls, table: pa.Table, results: Mapping[str, StepResult], event_ids: bool, items: bool) -> StepShare:
+        first = next(iter(results.values()))
+        return cls(
+            labels=first.labels,
+            probabilities={name: r.probabilities for name, r in results.items()},
+            event_ts_ms=table.column("ts").to_numpy(),
+            item_ids=first.touched_item_ids,
+            event_ids=table.column("event_id").to_pylist() if event_ids else None,
+            items=distinct_items(table) if items else None,
+        )
+
+
+@dataclass
+class StepRecord:
+    """Every rank's events of one step, as rank 0 records them (metrics, audit, index, history)."""
+
+    results: dict[str, StepResult]
+    event_ts_ms: np.ndarray
+    event_ids: list[str] | None
+    items: pa.Table | None
+
+    @classmethod
+    def of_batch(cls, table: pa.Table, results: dict[str, StepResult], event_ids: bool, items: bool) -> StepRecord:
+        """One process: the batch as it is."""
+        return cls(results, table.column("ts").to_numpy(), table.column("event_id").to_pylist() if event_ids else None,
+                   table if items else None)
+
+    @classmethod
+    def merged(cls, shares: Sequence[StepShare | None], local: Mapping[str, StepResult]) -> StepRecord:
+        """The ranks' shares in rank order; step decisions and timings are rank 0's (identical but for timing)."""
+        present = [s for s in shares if s is not None]
+        labels = np.concatenate([s.labels for s in present])
+        touched = np.unique(np.concatenate([s.item_ids for s in present]))
+        results = {}
+        for name, mine in local.items():
+            results[name] = StepResult(
+                probabilities=np.concatenate([s.probabilities[name] for s in present]), labels=labels,
+                stepped=mine.stepped, skipped_reason=mine.skipped_reason, loss=mine.loss,
+                touched_item_ids=touched, seconds=mine.seconds,
+            )
+        ids = [i for s in present for i in s.event_ids] if all(s.event_ids is not None for s in present) else None
+        tables = [s.items for s in present if s.items is not None]
+        return cls(results, np.concatenate([s.event_ts_ms for s in present]), ids,
+                   distinct_items(pa.concat_tables(tables)) if tables else None)
+
+
+def parameter_digest(modules: Iterable[nn.Module]) -> str:
+    """sha256 over every parameter's bytes: equal digests mean bit-identical replicas."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for tensor in module.parameters():
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ParameterDigestLog:
+    """Debug record (`[daemon] parameter_digest_dir`): one line per step, ``<steps> <sha256>``, per rank."""
+
+    def __init__(self, directory: str | Path, rank: int) -> None:
+        self.path = Path(directory) / f"digests-rank{rank}.txt"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, steps: int, modules: Iterable[nn.Module]) -> None:
+        with open(self.path, "a") as file:
+            file.write(f"{steps} {parameter_digest(modules)}\n")
