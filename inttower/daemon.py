@@ -160,7 +160,7 @@ class TrainingDaemon:
 
     def _telemetry(self) -> Telemetry:
         """Rank 0 exports everything; other ranks their own stream metrics (see `Telemetry`)."""
-        if self.coordinator.world_size == 1:
+        if not self.coordinator.launched:
             return Telemetry(self.config.monitoring, [s.name for s in self.slots])
         models = [s.name for s in self.slots] if self.primary else []
         return Telemetry(self.config.monitoring, models, rank=self.coordinator.rank)
@@ -301,7 +301,7 @@ class TrainingDaemon:
     def _partitions(self) -> list[int] | None:
         """This rank's fixed share of the topic's partitions; None when a consumer group assigns them."""
         world = self.coordinator.world_size
-        if world == 1 and self.config.stream.assignment == "group":
+        if not self.coordinator.launched and self.config.stream.assignment == "group":
             return None
         try:
             every = topic_partitions(self.config.stream) if self.primary else None

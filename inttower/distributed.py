@@ -106,10 +106,15 @@ class Agreement:
 
 
 class Coordinator(Protocol):
-    """The daemon's view of the other ranks (see the module docstring)."""
+    """The daemon's view of the other ranks (see the module docstring).
+
+    ``launched``: this process is one rank of a launched job (even a job of one), so it
+    reads its fixed share of the partitions and labels its metrics with its rank.
+    """
 
     rank: int
     world_size: int
+    launched: bool
 
     def place(self, device: torch.device) -> torch.device:
         """The device this rank trains on (CUDA: the one of its LOCAL_RANK)."""
@@ -134,6 +139,7 @@ class LocalCoordinator:
 
     rank = 0
     world_size = 1
+    launched = False
 
     def place(self, device: torch.device) -> torch.device:
         return device
@@ -156,6 +162,8 @@ class LocalCoordinator:
 
 class TorchDistributedCoordinator:
     """One rank of a torch.distributed job (process group from torchrun's environment)."""
+
+    launched = True
 
     def __init__(self, rank: int, world_size: int, local_rank: int, backend: str) -> None:
         self.rank, self.world_size, self.local_rank, self.backend = rank, world_size, local_rank, backend
