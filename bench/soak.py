@@ -96,7 +96,7 @@ class Sample:
     elapsed_s: float
     events: int  # trained, from the daemon's last status line
     produced: int  # acknowledged by the broker (whole chunks)
-    lag: int | None  # the daemon's consumer lag, from the same status line
+    lag: int | None  # the daemon's consumer lag in Kafka messages (Arrow: up to batch_events events each)
     rss_mib: float  # daemon VmRSS
     broker_rss_mib: float
     index_version: int | None
@@ -295,7 +295,7 @@ def _row(s: Sample) -> str:
             f"{s.rss_mib:>9.1f} {s.broker_rss_mib:>10.1f}  {index}")
 
 
-HEADER = (f"{'elapsed s':>9} {'events':>11} {'produced':>11} {'lag':>10} {'RSS MiB':>9} {'broker MiB':>10}  index (version/items)\n"
+HEADER = (f"{'elapsed s':>9} {'events':>11} {'produced':>11} {'lag msgs':>10} {'RSS MiB':>9} {'broker MiB':>10}  index (version/items)\n"
           + "-" * 86)
 
 
