@@ -39,7 +39,7 @@ from inttower.distributed import (
     StepRecord,
     StepShare,
     merge_offsets,
-    partitions_for_rank,
+    partition_share,
     stand_in_batch,
 )
 from inttower.errors import UserError
@@ -55,7 +55,7 @@ from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
 from stream.events import EventField, EventSchema
-from stream.topics import TopicNotFoundError, topic_partitions
+from stream.topics import TopicNotFoundError
 
 log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
@@ -250,7 +250,10 @@ class TrainingDaemon:
         self.restore()
         for slot in self.slots:
             self.coordinator.replicate(slot.trainer)
-        partitions = self._partitions()
+        try:
+            partitions = partition_share(self.coordinator, self.config.stream)
+        except (TopicNotFoundError, ValueError) as exc:
+            raise UserError(str(exc)) from None
         stream = self.config.stream
         if partitions is not None:
             stream = replace(stream, assignment="static")
@@ -282,6 +285,9 @@ class TrainingDaemon:
             # Ranks that did not agree to stop cannot gather offsets: the last checkpoint stands.
             if agreed_stop or self.coordinator.world_size == 1:
                 self.checkpoint()
+            else:
+                log.warning("rank %d: the job did not stop together (a rank failed?); no final checkpoint, "
+                            "a restart resumes from the last one", self.coordinator.rank)
             consumer.commit(dict(self.offsets))
             consumer.close()
             dead_letters.close()
@@ -297,22 +303,6 @@ class TrainingDaemon:
             checkpoints=self.checkpoints_written,
             models={s.name: {"auc": s.auc.get(), "logloss": s.logloss.get()} for s in self.slots},
         )
-
-    def _partitions(self) -> list[int] | None:
-        """This rank's fixed share of the topic's partitions; None when a consumer group assigns them."""
-        world = self.coordinator.world_size
-        if not self.coordinator.launched and self.config.stream.assignment == "group":
-            return None
-        try:
-            every = topic_partitions(self.config.stream) if self.primary else None
-        except TopicNotFoundError as exc:
-            raise UserError(str(exc)) from None
-        every = self.coordinator.broadcast(every)
-        if len(every) < world:
-            raise UserError(f"topic {self.config.stream.topic!r} has {len(every)} partitions: too few for {world} workers")
-        mine = partitions_for_rank(every, self.coordinator.rank, world)
-        log.info("rank %d of %d reads partitions %s", self.coordinator.rank, world, mine)
-        return mine
 
     def _process(self, batch: Batch | None, agreement: Agreement, dead_letters: DeadLetterWriter) -> None:
         rows = batch.events if batch is not None else 0

@@ -24,6 +24,7 @@ one from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADD
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,10 @@ from torch import nn
 from model.device import resolve_device
 from model.features import FeatureBatch, FeatureEncoder, TowerInputs
 from model.online import OnlineTrainer, StepResult
+from stream.config import StreamConfig
+from stream.topics import topic_partitions
 
+log = logging.getLogger("inttower.daemon")
 #: Longest a rank waits in a collective for the others (a hung peer; a dead one is seen at once).
 COLLECTIVE_TIMEOUT_S = 300.0
 #: Rows of a stand-in batch: BatchNorm is frozen for it, two rows keep every kernel on its usual path.
@@ -55,6 +59,23 @@ def partitions_for_rank(partitions: Iterable[int], rank: int, world_size: int) -
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside a world of {world_size}")
     return sorted(p for p in partitions if p % world_size == rank)
+
+
+def partition_share(coordinator: Coordinator, stream: StreamConfig) -> list[int] | None:
+    """This rank's fixed share of the topic's partitions; None when a consumer group assigns them.
+
+    A launched job always splits by rank (rank 0 asks the broker, every rank gets its
+    answer); one process reads all partitions in ``static`` assignment. Raises
+    `TopicNotFoundError`, or ValueError when there are fewer partitions than ranks.
+    """
+    if not coordinator.launched and stream.assignment == "group":
+        return None
+    every = coordinator.broadcast(topic_partitions(stream) if coordinator.rank == 0 else None)
+    if len(every) < coordinator.world_size:
+        raise ValueError(f"topic {stream.topic!r} has {len(every)} partitions: too few for {coordinator.world_size} workers")
+    mine = partitions_for_rank(every, coordinator.rank, coordinator.world_size)
+    log.info("rank %d of %d reads partitions %s", coordinator.rank, coordinator.world_size, mine)
+    return mine
 
 
 def merge_offsets(restored: Mapping[int, int], shares: Iterable[Mapping[int, int]]) -> dict[int, int]:
