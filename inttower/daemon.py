@@ -38,6 +38,7 @@ from inttower.distributed import (
     ParameterDigestLog,
     StepRecord,
     StepShare,
+    Vote,
     merge_offsets,
     partition_share,
     stand_in_batch,
@@ -135,7 +136,8 @@ class TrainingDaemon:
         self._restored_offsets: dict[int, int] = {}
         self.events = 0  # the job's: identical on every rank
         self.dead_lettered: Counter[str] = Counter()  # this rank's (rank 0: plus the restored totals)
-        self._job_dead_lettered: Counter[str] = Counter()
+        self._job_dead_lettered: Counter[str] = Counter()  # every rank's, as of the last checkpoint
+        self._dead_letters_seen = 0  # every rank's, up to now (rank 0's status line)
         self._lag = 0
         self._stand_in = stand_in_batch(self.encoder) if self.coordinator.world_size > 1 else None
         self.checkpoints_written = 0
@@ -203,6 +205,7 @@ class TrainingDaemon:
         self._restored_offsets = dict(self.offsets)
         self.events = int(meta["events"])
         self.dead_lettered = Counter(meta["dead_lettered"]) if self.primary else Counter()
+        self._dead_letters_seen = sum(Counter(meta["dead_lettered"]).values())
         self._events_at_checkpoint = self._events_at_status = self.events
         if self.audit is not None:
             self.audit.truncate(int(meta["audit_position"]))
@@ -271,8 +274,9 @@ class TrainingDaemon:
                 stopping = self.stop.is_set() or self._should_stop()
                 wait = BUSY_POLL_S if busy and self.coordinator.world_size > 1 else POLL_TIMEOUT_S
                 batch = None if stopping else consumer.next_batch(timeout_s=wait)
-                agreement = self.coordinator.agree(batch.events if batch is not None else 0, stopping,
-                                                   self._checkpoint_timer_fired(), self._lag)
+                rejects = len(batch.rejects) if batch is not None else 0
+                agreement = self.coordinator.agree(Vote(batch.events if batch is not None else 0, stopping,
+                                                        self._checkpoint_timer_fired(), self._lag, rejects))
                 if agreement.stop:  # a batch taken this iteration is dropped: its offsets never advanced
                     agreed_stop = True
                     break
@@ -330,6 +334,7 @@ class TrainingDaemon:
             self.offsets.update(batch.next_offsets)
             self._last_batch_at = time.monotonic()
         self.events += agreement.total_rows
+        self._dead_letters_seen += agreement.dead_letters
         if agreement.total_rows:
             record = self._step_record(batch.table if rows else None, results)
             if record is not None:
@@ -404,7 +409,7 @@ class TrainingDaemon:
         skipped = sum(sum(s.trainer.skipped.values()) for s in self.slots)
         log.info(
             "events %d (%.0f/s)  lag %d  %s  dead-lettered %d  skipped steps %d  checkpoint %.0f s ago%s",
-            self.events, rate, lag, quality, sum(self.dead_lettered.values()), skipped, now - self._last_checkpoint,
+            self.events, rate, lag, quality, self._dead_letters_seen, skipped, now - self._last_checkpoint,
             self._index_status(),
         )
         self._last_status, self._events_at_status = now, self.events

@@ -7,8 +7,8 @@ the ranks train one model replica each, gradients all-reduced by DistributedData
 need the other ranks:
 
 - once per loop iteration, `agree`: one all_reduce of a small int vector (each rank's
-  valid events, stop and checkpoint votes, lag), so every rank steps, stops and
-  checkpoints at the same iteration; a rank without events takes part in the step with a
+  `Vote`: valid events, stop and checkpoint votes, lag, dead letters), so every rank
+  steps, stops and checkpoints at the same iteration; a rank without events takes part in the step with a
   stand-in batch of loss weight 0 (`stand_in_batch`);
 - after each step, `gather`: rank 0 receives what every rank's events add to its
   bookkeeping (`StepShare`: predictions for the streaming metrics, event ids for the
@@ -49,7 +49,7 @@ log = logging.getLogger("inttower.daemon")
 COLLECTIVE_TIMEOUT_S = 300.0
 #: Rows of a stand-in batch: BatchNorm is frozen for it, two rows keep every kernel on its usual path.
 STAND_IN_ROWS = 2
-_VOTE_FIELDS = 3  # stop, checkpoint, lag; then one slot of rows per rank
+_VOTE_FIELDS = 4  # stop, checkpoint, lag, dead letters; then one slot of rows per rank
 
 T = TypeVar("T")
 
@@ -96,6 +96,24 @@ def merge_offsets(restored: Mapping[int, int], shares: Iterable[Mapping[int, int
 
 
 @dataclass(frozen=True)
+class Vote:
+    """One rank's state going into an iteration's all_reduce."""
+
+    rows: int  # valid events of the batch this rank holds (0: none)
+    stop: bool = False
+    checkpoint: bool = False  # only rank 0's counts: its timer decides
+    lag: int = 0  # this rank's last consumer lag reading
+    dead_letters: int = 0  # messages or rows this rank rejected this iteration
+
+    def vector(self, rank: int, world_size: int) -> list[int]:
+        """The int64 vector summed across ranks (see `Agreement.from_sum`)."""
+        vector = [0] * (_VOTE_FIELDS + world_size)
+        vector[:_VOTE_FIELDS] = [int(self.stop), int(self.checkpoint and rank == 0), self.lag, self.dead_letters]
+        vector[_VOTE_FIELDS + rank] = self.rows
+        return vector
+
+
+@dataclass(frozen=True)
 class Agreement:
     """What every rank learned from one iteration's all_reduce: identical on all ranks."""
 
@@ -103,6 +121,7 @@ class Agreement:
     stop: bool  # some rank wants to stop: all stop before stepping
     checkpoint: bool  # rank 0's checkpoint timer fired
     lag: int  # the job's consumer lag (sum of each rank's last reading)
+    dead_letters: int = 0  # rejected this iteration, all ranks
 
     @property
     def total_rows(self) -> int:
@@ -113,17 +132,15 @@ class Agreement:
         total = self.total_rows
         return self.rows[rank] * len(self.rows) / total if total else 0.0
 
-    @staticmethod
-    def vote(rank: int, world_size: int, rows: int, stop: bool, checkpoint: bool, lag: int) -> list[int]:
-        """One rank's contribution to the summed vector; only rank 0's checkpoint vote counts."""
-        vector = [0] * (_VOTE_FIELDS + world_size)
-        vector[0], vector[1], vector[2] = int(stop), int(checkpoint and rank == 0), int(lag)
-        vector[_VOTE_FIELDS + rank] = int(rows)
-        return vector
+    @classmethod
+    def alone(cls, vote: Vote) -> Agreement:
+        """A job of one."""
+        return cls((vote.rows,), vote.stop, vote.checkpoint, vote.lag, vote.dead_letters)
 
     @classmethod
     def from_sum(cls, summed: Sequence[int]) -> Agreement:
-        return cls(tuple(int(r) for r in summed[_VOTE_FIELDS:]), bool(summed[0]), bool(summed[1]), int(summed[2]))
+        stop, checkpoint, lag, dead_letters = summed[:_VOTE_FIELDS]
+        return cls(tuple(int(r) for r in summed[_VOTE_FIELDS:]), bool(stop), bool(checkpoint), int(lag), int(dead_letters))
 
 
 class Coordinator(Protocol):
@@ -140,7 +157,7 @@ class Coordinator(Protocol):
     def place(self, device: torch.device) -> torch.device:
         """The device this rank trains on (CUDA: the one of its LOCAL_RANK)."""
 
-    def agree(self, rows: int, stop: bool, checkpoint: bool, lag: int) -> Agreement:
+    def agree(self, vote: Vote) -> Agreement:
         """Every rank, every loop iteration: what the job does next."""
 
     def replicate(self, trainer: OnlineTrainer) -> None:
@@ -165,8 +182,8 @@ class LocalCoordinator:
     def place(self, device: torch.device) -> torch.device:
         return device
 
-    def agree(self, rows: int, stop: bool, checkpoint: bool, lag: int) -> Agreement:
-        return Agreement((rows,), stop, checkpoint, lag)
+    def agree(self, vote: Vote) -> Agreement:
+        return Agreement.alone(vote)
 
     def replicate(self, trainer: OnlineTrainer) -> None:
         pass
@@ -196,9 +213,8 @@ class TorchDistributedCoordinator:
     def place(self, device: torch.device) -> torch.device:
         return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
 
-    def agree(self, rows: int, stop: bool, checkpoint: bool, lag: int) -> Agreement:
-        vector = torch.tensor(Agreement.vote(self.rank, self.world_size, rows, stop, checkpoint, lag),
-                              dtype=torch.int64, device=self._device)
+    def agree(self, vote: Vote) -> Agreement:
+        vector = torch.tensor(vote.vector(self.rank, self.world_size), dtype=torch.int64, device=self._device)
         dist.all_reduce(vector)
         return Agreement.from_sum(vector.tolist())
 

@@ -20,6 +20,7 @@ from inttower.distributed import (
     StepRecord,
     StepShare,
     TorchDistributedCoordinator,
+    Vote,
     coordinator_from_env,
     distinct_items,
     merge_offsets,
@@ -62,14 +63,15 @@ def test_merged_offsets_resplit_for_another_world_size():
         merge_offsets({}, [{0: 1}, {0: 2}])
 
 
-def test_vote_sums_to_one_agreement_where_only_rank_zero_decides_checkpoints():
-    votes = [Agreement.vote(0, 3, rows=100, stop=False, checkpoint=False, lag=5),
-             Agreement.vote(1, 3, rows=0, stop=True, checkpoint=True, lag=7),
-             Agreement.vote(2, 3, rows=50, stop=False, checkpoint=False, lag=0)]
+def test_votes_sum_to_one_agreement_where_only_rank_zero_decides_checkpoints():
+    votes = [Vote(rows=100, lag=5).vector(0, 3),
+             Vote(rows=0, stop=True, checkpoint=True, lag=7, dead_letters=2).vector(1, 3),
+             Vote(rows=50, dead_letters=1).vector(2, 3)]
     agreement = Agreement.from_sum([sum(column) for column in zip(*votes)])
-    assert agreement == Agreement(rows=(100, 0, 50), stop=True, checkpoint=False, lag=12)
+    assert agreement == Agreement(rows=(100, 0, 50), stop=True, checkpoint=False, lag=12, dead_letters=3)
     assert agreement.total_rows == 150
-    rank_zero = Agreement.from_sum(Agreement.vote(0, 1, rows=1, stop=False, checkpoint=True, lag=0))
+    rank_zero = Agreement.from_sum(Vote(rows=1, checkpoint=True).vector(0, 1))
+    assert rank_zero == Agreement.alone(Vote(rows=1, checkpoint=True))
     assert rank_zero.checkpoint and not rank_zero.stop
 
 
@@ -90,7 +92,7 @@ def test_local_coordinator_is_one_process_without_collectives(monkeypatch):
     coordinator = coordinator_from_env("cpu")
     assert isinstance(coordinator, LocalCoordinator) and not coordinator.launched
     assert coordinator.gather("x") == ["x"] and coordinator.broadcast(3) == 3
-    assert coordinator.agree(5, False, True, 2) == Agreement((5,), False, True, 2)
+    assert coordinator.agree(Vote(5, checkpoint=True, lag=2)) == Agreement((5,), False, True, 2)
     trainer = OnlineTrainer(build_model(SMALL), TrainConfig(), OnlineConfig())
     coordinator.replicate(trainer)
     assert trainer.training_module is trainer.model and trainer.on_bias_init is None
@@ -174,7 +176,7 @@ def _replica(rank: int, port: int, out: str) -> None:
                 batch = encoder.encode(part) if part is not None else stand_in_batch(encoder)
                 if i == 3 and rank == 1:
                     batch.item.numeric[:] = float("nan")  # this replica's loss is not finite
-                agreement = coordinator.agree(0 if part is None else len(batch), False, False, 0)
+                agreement = coordinator.agree(Vote(0 if part is None else len(batch)))
                 result = trainer.step(batch, agreement.loss_weight(rank))
                 report["digests"].append(parameter_digest([trainer.model]))
                 report["stepped"].append(result.stepped)
