@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     encoded = {}
     for n, ids in dirty.items():
         t0 = time.perf_counter()
-        encoded[n] = sync.encode(model, ids)
+        _, encoded[n] = sync.encode(model, ids)
         encode_s[n] = time.perf_counter() - t0
     publish_s: dict[str, dict[int, float]] = {}
     memory: dict[str, tuple[float, float]] = {}
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def publish_back_to_back():
         ids = np.arange(1, 1001, dtype=np.int64)
-        vectors = sync.encode(model, ids)
+        _, vectors = sync.encode(model, ids)
         while not stop.is_set():
             sync.snapshot = ServingSnapshot(sync.index.publish_update(ids, vectors), model)
             swaps[0] += 1

@@ -84,8 +84,9 @@ class IndexSync:
         self.reports: list[SyncReport] = []
         self.checkpoint_name: str | None = None
         self._evicted: list[np.ndarray] = []
+        self._evicted_lock = threading.Lock()  # a failed sync puts its evictions back from another thread
         self._request: queue.Queue[bool] = queue.Queue()
-        self._handoffs: queue.Queue[_Handoff] = queue.Queue()
+        self._handoffs: queue.Queue[_Handoff | None] = queue.Queue()  # None: stop waiting (shutdown)
         self._scheduler: BackgroundScheduler | None = None
         self._job_lock = threading.Lock()
         self._rng = np.random.default_rng(0)
@@ -98,7 +99,8 @@ class IndexSync:
         """After a step: remember the items' latest features and mark them dirty."""
         result = self.catalogue.update(table.select(["item_id", "item"]))
         if result.evicted.size:
-            self._evicted.append(result.evicted)
+            with self._evicted_lock:
+                self._evicted.append(result.evicted)
         self.dirty.touch(np.unique(table.column("item_id").to_numpy()), now)
 
     def serve_handoff(self) -> None:
@@ -110,8 +112,9 @@ class IndexSync:
                 return
             started = time.perf_counter()
             ids, times = self.dirty.drain()
-            evicted = np.concatenate(self._evicted) if self._evicted else np.zeros(0, np.int64)
-            self._evicted.clear()
+            with self._evicted_lock:
+                evicted = np.concatenate(self._evicted) if self._evicted else np.zeros(0, np.int64)
+                self._evicted.clear()
             snapshot = copy.deepcopy(self.model).eval()
             for p in snapshot.parameters():
                 p.requires_grad_(False)
@@ -129,10 +132,16 @@ class IndexSync:
                 log.warning("index sync skipped: the training loop did not hand over within %.0f s",
                             self.config.handoff_timeout_s)
                 return None
+            if handoff is None:  # stop() while waiting
+                return None
             try:
                 return self.publish(handoff, requested)
             except Exception:
-                self.dirty.restore(handoff.item_ids, handoff.first_touched)  # retried next sync
+                # Retried next sync: the dirty ids, and the evictions the index has not seen yet.
+                self.dirty.restore(handoff.item_ids, handoff.first_touched)
+                if handoff.evicted.size:
+                    with self._evicted_lock:
+                        self._evicted.insert(0, handoff.evicted)
                 raise
 
     def publish(self, handoff: _Handoff, requested: float | None = None) -> SyncReport:
@@ -143,13 +152,16 @@ class IndexSync:
         else:
             item_ids = handoff.item_ids[self.catalogue.contains(handoff.item_ids)]  # evicted meanwhile: skip
         if self.index is None:
-            if item_ids.size == 0:
+            sample = self.catalogue.features(item_ids[: self.config.encode_batch])
+            if sample.num_rows == 0:
                 return SyncReport(0, handoff.full, 0, 0, 0.0, handoff.seconds, None, None)
-            heads, dim = item_vector_shape(model, self.encoder, self.catalogue.features(item_ids[:1]))
+            heads, dim = item_vector_shape(model, self.encoder, sample.slice(0, 1))
             self.index = LiveIndex(heads, dim, first_version=self.first_version, layout=self.config.layout,
                                    delta_merge_fraction=self.config.delta_merge_fraction)
         drift = self._untouched_drift(model, exclude=item_ids) if not handoff.full else None
-        vectors = self.encode(model, item_ids)
+        # The trainer may evict items between `contains` above and the feature reads: encode
+        # returns the ids it found, and the next handoff's evictions remove the others.
+        item_ids, vectors = self.encode(model, item_ids)
         if handoff.full:
             version = self.index.publish_full(item_ids, vectors, checkpoint=self.checkpoint_name)
         else:
@@ -166,15 +178,21 @@ class IndexSync:
         return report
 
     @torch.no_grad()
-    def encode(self, model: PreRanker, item_ids: np.ndarray) -> np.ndarray:
-        """(N, H, p) float32 vectors of catalogue items with ``model``'s item tower (eval mode)."""
+    def encode(self, model: PreRanker, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids still in the catalogue, in order, and their (N, H, p) float32 vectors.
+
+        Ids evicted concurrently by the training thread are left out, never mismatched.
+        """
         assert self.index is not None
-        out = np.empty((item_ids.size, self.index.heads, self.index.dim), dtype=np.float32)
+        ids, vectors = [], []
         step = self.config.encode_batch
         for start in range(0, item_ids.size, step):
             chunk = self.catalogue.features(item_ids[start : start + step])
-            out[start : start + step] = model.encode_items(self.encoder.encode_tower(chunk, "item")).float().numpy()
-        return out
+            ids.append(chunk.column("item_id").to_numpy())
+            vectors.append(model.encode_items(self.encoder.encode_tower(chunk, "item")).float().numpy())
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.index.heads, self.index.dim), np.float32)
+        return np.concatenate(ids).astype(np.int64, copy=False), np.concatenate(vectors)
 
     def _untouched_drift(self, model: PreRanker, exclude: np.ndarray) -> float | None:
         """Mean cosine distance between indexed and current vectors of untouched items."""
@@ -186,14 +204,18 @@ class IndexSync:
         if candidates.size == 0:
             return None
         sample = self._rng.choice(candidates, size=min(self.config.drift_sample, candidates.size), replace=False)
+        sample, fresh = self.encode(model, sample)
+        if sample.size == 0:
+            return None
         stored, _ = current.vectors(sample)
-        fresh = self.encode(model, sample)
         cosine = (stored * fresh).sum(-1) / (np.linalg.norm(stored, axis=-1) * np.linalg.norm(fresh, axis=-1) + 1e-12)
         return float(1.0 - cosine.mean())
 
     # -- scheduling -------------------------------------------------------------------------
     def start(self) -> None:
         """Run syncs every sync_interval_s and full refreshes every full_refresh_interval_s."""
+        while not self._handoffs.empty():  # a stale stop marker from an earlier stop()
+            self._handoffs.get_nowait()
         self._scheduler = BackgroundScheduler(daemon=True)
         self._scheduler.add_job(self._safe_job, "interval", seconds=self.config.sync_interval_s, args=[False],
                                 id="sync", max_instances=1, coalesce=True)
@@ -213,6 +235,8 @@ class IndexSync:
             log.exception("index sync failed")
 
     def stop(self) -> None:
+        """Stop scheduling; a job waiting for a handoff returns at once instead of timing out."""
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+            self._handoffs.put(None)

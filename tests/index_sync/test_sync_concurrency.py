@@ -117,5 +117,6 @@ def test_readers_see_whole_versions_while_trainer_and_syncs_run():
     assert report is not None and report.items_encoded >= touched.size
     stored, known = sync.index.current.vectors(touched)
     assert known.all()
-    current = sync.encode(trainer.model.eval(), touched)
+    found, current = sync.encode(trainer.model.eval(), touched)
+    np.testing.assert_array_equal(found, touched)
     np.testing.assert_allclose(stored, current, atol=1e-5)

@@ -1,0 +1,94 @@
+"""Index sync under the trainer's feet: evictions mid-publish, failed publishes, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from index_sync.config import IndexSyncConfig
+from index_sync.sync import IndexSync
+from model.build import build_model
+from model.config import ModelConfig
+from model.features import FeatureEncoder
+from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
+
+SMALL = ModelConfig(hidden=(16, 8), embedding_dim=4, heads=2, head_dim=4)
+
+
+def _sync(max_items: int = 10_000, **config) -> tuple[IndexSync, object]:
+    torch.manual_seed(0)
+    model = build_model(SMALL).eval()
+    sync = IndexSync(IndexSyncConfig(enabled=True, max_items=max_items, handoff_timeout_s=30.0, **config), model,
+                     FeatureEncoder(SMALL.features))
+    table = generate_synthetic_log(SyntheticLogConfig(events=3000, seed=2))
+    return sync, table
+
+
+def _handoff_soon(sync: IndexSync) -> None:
+    threading.Thread(target=lambda: (time.sleep(0.1), sync.serve_handoff()), daemon=True).start()
+
+
+def test_items_evicted_between_the_membership_check_and_the_feature_read_are_skipped_not_mismatched():
+    sync, table = _sync(max_items=400)
+    sync.observe(table.slice(0, 1000))
+    _handoff_soon(sync)
+    sync.run_job()
+    sync.observe(table.slice(1000, 1400))
+    ids = np.unique(table.slice(1000, 1400).column("item_id").to_numpy())
+    real_contains = sync.catalogue.contains
+
+    def contains_then_evict(item_ids):  # the trainer's next batch evicts right after the check
+        mask = real_contains(item_ids)
+        sync.catalogue.update(table.slice(1400, 3000).select(["item_id", "item"]))
+        return mask
+
+    sync.catalogue.contains = contains_then_evict
+    _handoff_soon(sync)
+    report = sync.run_job()
+    sync.catalogue.contains = real_contains
+    kept = ids[real_contains(ids)]
+    assert 0 < kept.size < ids.size  # the race did evict some of the handoff's items
+    assert report is not None and report.items_encoded == kept.size
+    stored, known = sync.index.current.vectors(kept)
+    assert known.all()
+    _, fresh = sync.encode(sync.model, kept)
+    np.testing.assert_allclose(stored, fresh, atol=1e-6)
+
+
+def test_a_failed_publish_keeps_its_evictions_for_the_next_sync():
+    sync, table = _sync(max_items=300)
+    sync.observe(table.slice(0, 600))
+    _handoff_soon(sync)
+    sync.run_job(full=True)
+    first = set(sync.index.current.item_ids.tolist())
+    sync.observe(table.slice(600, 3000))  # evicts many of the indexed items
+    real_publish = sync.index.publish_update
+    sync.index.publish_update = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
+    _handoff_soon(sync)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sync.run_job()
+    sync.index.publish_update = real_publish
+    _handoff_soon(sync)
+    sync.run_job()
+    indexed = set(sync.index.current.item_ids.tolist())
+    in_catalogue = set(sync.catalogue.item_ids().tolist())
+    assert first - in_catalogue  # something was evicted
+    assert indexed <= in_catalogue  # and the retried sync removed every evicted item
+
+
+def test_stop_wakes_a_job_waiting_for_the_handoff():
+    sync, table = _sync(sync_interval_s=0.05)
+    sync.observe(table.slice(0, 100))
+    sync.start()
+    time.sleep(0.3)  # a job is now waiting for serve_handoff, which nobody calls
+    started = time.monotonic()
+    finished = threading.Event()
+    waiter = threading.Thread(target=lambda: (sync._job_lock.acquire(), sync._job_lock.release(), finished.set()))
+    sync.stop()
+    waiter.start()
+    assert finished.wait(5.0), "the waiting sync job did not return after stop()"
+    assert time.monotonic() - started < 5.0
