@@ -48,7 +48,7 @@ from inttower.telemetry import Telemetry
 from model.audit import TrainedEventLog
 from model.build import build_model
 from model.checkpoint import CheckpointStore
-from model.config import FeatureField
+from model.config import CS3Config, FeatureField
 from model.device import resolve_device
 from model.features import FeatureEncoder
 from model.online import OnlineTrainer, StepResult
@@ -156,7 +156,9 @@ class TrainingDaemon:
 
     def _slot(self, name: str) -> ModelSlot:
         torch.manual_seed(self.config.train.seed)
-        model = build_model(replace(self.config.model, kind=name)).to(self.device)
+        # A shadow LR has no towers for CS3's add-ons: it stays the plain baseline.
+        cs3 = CS3Config() if name == "lr" else self.config.model.cs3
+        model = build_model(replace(self.config.model, kind=name, cs3=cs3)).to(self.device)
         window = self.config.daemon.metric_window
         return ModelSlot(name, OnlineTrainer(model, self.config.train, self.config.online), RollingAUC(window), RollingLogLoss(window))
 

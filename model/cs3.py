@@ -83,10 +83,13 @@ class CrossTowerSync(nn.Module):
         self.register_buffer("user_summary", torch.zeros(dim))
         self.register_buffer("item_summary", torch.zeros(dim))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.paused = False  # set while a batch must not move the summaries (a stand-in, one row)
 
     @torch.no_grad()
     def observe(self, user: torch.Tensor, item: torch.Tensor) -> None:
         """Fold one training batch's mean outputs into the summaries (the first one as is)."""
+        if self.paused:
+            return
         m = self.momentum if int(self.updates) > 0 else 0.0
         self.user_summary.mul_(m).add_((1.0 - m) * user.detach().float().mean(dim=0))
         self.item_summary.mul_(m).add_((1.0 - m) * item.detach().float().mean(dim=0))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from model.base import CIRNegatives, ModelOutput, PreRanker
+from model.cs3 import CrossTowerSync
 from model.config import OnlineConfig, TrainConfig
 from model.features import FeatureBatch
 
@@ -87,16 +88,23 @@ class CIRWindow:
 
 
 @contextlib.contextmanager
-def _batch_norm_frozen_if(frozen: bool, model: nn.Module):
-    """BatchNorm cannot use batch statistics of one row; such a batch uses running stats."""
+def _running_statistics_frozen_if(frozen: bool, model: nn.Module):
+    """Leave running statistics alone: BatchNorm's (it cannot use batch statistics of one
+    row, so such a batch uses the running ones) and CS3's cross-tower summaries (a
+    stand-in batch must not move them)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
+    syncs = [m for m in model.modules() if isinstance(m, CrossTowerSync)] if frozen else []
     for m in norms:
         m.eval()
+    for m in syncs:
+        m.paused = True
     try:
         yield
     finally:
         for m in norms:
             m.train()
+        for m in syncs:
+            m.paused = False
 
 
 def _every_output(output: ModelOutput) -> torch.Tensor:
@@ -156,7 +164,7 @@ class OnlineTrainer:
             if self.on_bias_init is not None:
                 self.on_bias_init(initialized)
         self.model.train()
-        with _batch_norm_frozen_if(len(batch) < 2 or stand_in, self.model), self._precision():
+        with _running_statistics_frozen_if(len(batch) < 2 or stand_in, self.model), self._precision():
             output = self.training_module(batch)
             negatives = self.window.negatives() if self.steps >= self.online.cir_window_warmup_steps else None
             parts = self.model.loss(batch, output, negatives)

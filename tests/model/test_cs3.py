@@ -231,3 +231,14 @@ def test_online_trainer_checkpoint_restores_every_addon():
 def test_lr_rejects_the_addons():
     with pytest.raises(ValueError, match="tower model"):
         replace(SMALL, kind="lr", cs3=CS3Config(cycle_adaptive=True))
+
+
+def test_a_stand_in_step_leaves_the_sync_summaries_alone():
+    torch.manual_seed(0)
+    trainer = OnlineTrainer(build_model(replace(SMALL, cs3=CS3Config(cross_tower_sync=True))), TrainConfig(), OnlineConfig())
+    trainer.step(_batch(32, seed=1))
+    before = trainer.model.sync.item_summary.clone(), int(trainer.model.sync.updates)
+    trainer.step(_batch(32, seed=2), loss_weight=0.0)  # a replica without events of its own
+    assert torch.equal(trainer.model.sync.item_summary, before[0]) and int(trainer.model.sync.updates) == before[1]
+    trainer.step(_batch(32, seed=3))
+    assert int(trainer.model.sync.updates) == before[1] + 1
