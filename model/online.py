@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from model.base import CIRNegatives, ModelOutput, PreRanker
-from model.cs3 import CrossTowerSync
 from model.config import OnlineConfig, TrainConfig
+from model.cs3 import CrossTowerSync
 from model.features import FeatureBatch
 
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
