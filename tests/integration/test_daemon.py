@@ -22,10 +22,16 @@ from model.audit import TrainedEventLog
 from model.config import ModelConfig, TrainConfig
 from monitoring.config import MonitoringConfig
 from stream.broker import create_topic
-from stream.codec import ARROW_HEADERS, ARROW_STREAM_MARKER, JSON_HEADERS, encode_json_event
+from stream.codec import (
+    ARROW_HEADERS,
+    ARROW_STREAM_MARKER,
+    JSON_HEADERS,
+    encode_json_event,
+)
 from stream.replay import replay
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
 from tests.conftest import REPO_ROOT
+from tests.integration.daemon_toml import write_daemon_toml
 
 pytestmark = pytest.mark.slow
 
@@ -159,33 +165,7 @@ def test_broker_paused_mid_stream_loses_and_repeats_nothing(broker, stream_confi
 
 
 def _write_config(path: Path, broker, tmp_path: Path, events: int) -> Path:
-    path.write_text(f"""
-[model]
-hidden = [32, 32, 16]
-embedding_dim = 8
-heads = 2
-head_dim = 8
-[train]
-threads = 1
-[stream]
-bootstrap_servers = ["{broker.bootstrap}"]
-topic = "{TOPIC}"
-dead_letter_topic = "{DEAD_LETTERS}"
-max_batch_events = 256
-session_timeout_ms = 2000
-heartbeat_interval_ms = 500
-request_timeout_ms = 10000
-startup_timeout_s = 3.0
-[monitoring]
-port = 0
-[daemon]
-checkpoint_dir = "{tmp_path / 'checkpoints'}"
-audit_log = "{tmp_path / 'trained.txt'}"
-checkpoint_every_events = 1000
-status_every_s = 1.0
-stop_after_events = {events}
-""")
-    return path
+    return write_daemon_toml(path, broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, events)
 
 
 def _daemon(config: Path) -> subprocess.Popen:

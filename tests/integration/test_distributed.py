@@ -20,6 +20,7 @@ from stream.config import StreamConfig
 from stream.replay import replay
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
 from tests.conftest import REPO_ROOT
+from tests.integration.daemon_toml import write_daemon_toml
 
 pytestmark = pytest.mark.slow  # ~60 s: each job start imports torch in every rank on 2 cores
 
@@ -38,35 +39,9 @@ def _produce(broker, events: int, seed: int) -> Counter:
 
 
 def _config(tmp_path: Path, broker, name: str, events: int) -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"""
-[model]
-hidden = [32, 32, 16]
-embedding_dim = 8
-heads = 2
-head_dim = 8
-[train]
-threads = 1
-[stream]
-bootstrap_servers = ["{broker.bootstrap}"]
-topic = "{TOPIC}"
-dead_letter_topic = "{DEAD_LETTERS}"
-max_batch_events = 256
-session_timeout_ms = 2000
-heartbeat_interval_ms = 500
-request_timeout_ms = 10000
-startup_timeout_s = 5.0
-[monitoring]
-port = 0
-[daemon]
-checkpoint_dir = "{tmp_path / 'checkpoints'}"
-audit_log = "{tmp_path / 'trained.txt'}"
-parameter_digest_dir = "{tmp_path / ('digests-' + name)}"
-checkpoint_every_events = 1000
-status_every_s = 1.0
-stop_after_events = {events}
-""")
-    return path
+    digests = tmp_path / f"digests-{name}"
+    return write_daemon_toml(tmp_path / f"{name}.toml", broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, events,
+                             startup_timeout_s=5.0, extra_daemon=f'parameter_digest_dir = "{digests}"')
 
 
 class TorchrunJob:

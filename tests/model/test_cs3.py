@@ -47,14 +47,6 @@ def _trained(kind, cs3, steps=5):
     return model.eval()
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def cpu_threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def _splice(into, row, at):
     """``into`` with ``row`` (a 1-row TowerInputs) inserted at position ``at``."""
     return type(into)(

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from model.features import FeatureEncoder
 from model.config import FeatureField
+from model.features import FeatureEncoder
 from model.hashing import PADDING_ID, bucketize, salt_for
 from tests.conftest import REPO_ROOT
 

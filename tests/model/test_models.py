@@ -19,15 +19,6 @@ def _batch(rows=64, seed=0):
     return FeatureEncoder(SMALL.features).encode(make_synthetic_like_table(rows, seed))
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def cpu_threads(request):
-    """GEMM kernels (and so rounding) differ with the thread count: check both."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind", ["inttower", "two_tower", "lr"])
 def test_item_vector_is_bit_identical_whatever_else_is_in_the_batch(kind, cpu_threads):
     torch.manual_seed(0)
