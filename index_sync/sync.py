@@ -58,6 +58,7 @@ class _Handoff:
     evicted: np.ndarray
     model: PreRanker
     seconds: float
+    request: int = 0  # the job request it answers (a late answer to a timed-out job is given back)
 
 
 def item_vector_shape(model: PreRanker, encoder: FeatureEncoder, sample: pa.Table) -> tuple[int, int]:
@@ -85,8 +86,10 @@ class IndexSync:
         self.checkpoint_name: str | None = None
         self._evicted: list[np.ndarray] = []
         self._evicted_lock = threading.Lock()  # a failed sync puts its evictions back from another thread
-        self._request: queue.Queue[bool] = queue.Queue()
+        self._request: queue.Queue[tuple[int, bool]] = queue.Queue()  # (request number, full refresh?)
         self._handoffs: queue.Queue[_Handoff | None] = queue.Queue()  # None: stop waiting (shutdown)
+        self._requests_made = 0
+        self._stopping = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
         self._job_lock = threading.Lock()
         self._rng = np.random.default_rng(0)
@@ -107,7 +110,7 @@ class IndexSync:
         """Between steps: if the sync job asked, hand over dirty ids and a weight snapshot."""
         while True:
             try:
-                full = self._request.get_nowait()
+                request, full = self._request.get_nowait()
             except queue.Empty:
                 return
             started = time.perf_counter()
@@ -118,31 +121,43 @@ class IndexSync:
             snapshot = copy.deepcopy(self.model).eval()
             for p in snapshot.parameters():
                 p.requires_grad_(False)
-            self._handoffs.put(_Handoff(full, ids, times, evicted, snapshot, time.perf_counter() - started))
+            self._handoffs.put(_Handoff(full, ids, times, evicted, snapshot, time.perf_counter() - started, request))
 
     # -- scheduler thread ------------------------------------------------------------------
     def run_job(self, full: bool = False) -> SyncReport | None:
         """Ask the training thread for a handoff, then encode and publish (one job at a time)."""
         with self._job_lock:
+            if self._stopping.is_set():
+                return None
             requested = time.perf_counter()
-            self._request.put(full)
-            try:
-                handoff = self._handoffs.get(timeout=self.config.handoff_timeout_s)
-            except queue.Empty:
-                log.warning("index sync skipped: the training loop did not hand over within %.0f s",
-                            self.config.handoff_timeout_s)
-                return None
-            if handoff is None:  # stop() while waiting
-                return None
+            self._requests_made += 1
+            request = self._requests_made
+            self._request.put((request, full))
+            deadline = time.monotonic() + self.config.handoff_timeout_s
+            while True:
+                try:
+                    handoff = self._handoffs.get(timeout=max(deadline - time.monotonic(), 0.0))
+                except queue.Empty:
+                    log.warning("index sync skipped: the training loop did not hand over within %.0f s",
+                                self.config.handoff_timeout_s)
+                    return None
+                if handoff is None:  # stop() while waiting
+                    return None
+                if handoff.request == request:
+                    break
+                self._give_back(handoff)  # the late answer to a job that timed out
             try:
                 return self.publish(handoff, requested)
             except Exception:
-                # Retried next sync: the dirty ids, and the evictions the index has not seen yet.
-                self.dirty.restore(handoff.item_ids, handoff.first_touched)
-                if handoff.evicted.size:
-                    with self._evicted_lock:
-                        self._evicted.insert(0, handoff.evicted)
+                self._give_back(handoff)
                 raise
+
+    def _give_back(self, handoff: _Handoff) -> None:
+        """Unpublished work returns for the next sync: dirty ids, and evictions the index has not seen."""
+        self.dirty.restore(handoff.item_ids, handoff.first_touched)
+        if handoff.evicted.size:
+            with self._evicted_lock:
+                self._evicted.insert(0, handoff.evicted)
 
     def publish(self, handoff: _Handoff, requested: float | None = None) -> SyncReport:
         started = time.perf_counter() if requested is None else requested
@@ -153,7 +168,8 @@ class IndexSync:
             item_ids = handoff.item_ids[self.catalogue.contains(handoff.item_ids)]  # evicted meanwhile: skip
         if self.index is None:
             sample = self.catalogue.features(item_ids[: self.config.encode_batch])
-            if sample.num_rows == 0:
+            if sample.num_rows == 0:  # nothing to encode yet (or all evicted meanwhile): keep the rest for later
+                self._give_back(handoff)
                 return SyncReport(0, handoff.full, 0, 0, 0.0, handoff.seconds, None, None)
             heads, dim = item_vector_shape(model, self.encoder, sample.slice(0, 1))
             self.index = LiveIndex(heads, dim, first_version=self.first_version, layout=self.config.layout,
@@ -216,6 +232,7 @@ class IndexSync:
         """Run syncs every sync_interval_s and full refreshes every full_refresh_interval_s."""
         while not self._handoffs.empty():  # a stale stop marker from an earlier stop()
             self._handoffs.get_nowait()
+        self._stopping.clear()
         self._scheduler = BackgroundScheduler(daemon=True)
         self._scheduler.add_job(self._safe_job, "interval", seconds=self.config.sync_interval_s, args=[False],
                                 id="sync", max_instances=1, coalesce=True)
@@ -235,7 +252,8 @@ class IndexSync:
             log.exception("index sync failed")
 
     def stop(self) -> None:
-        """Stop scheduling; a job waiting for a handoff returns at once instead of timing out."""
+        """Stop scheduling; jobs waiting for a handoff (or for the job lock) return at once."""
+        self._stopping.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None

@@ -134,6 +134,7 @@ class TrainingDaemon:
         self.digests = ParameterDigestLog(digests, self.coordinator.rank) if digests else None
         self.offsets: dict[int, int] = {}  # next offset of each partition this rank reads
         self._restored_offsets: dict[int, int] = {}
+        self._restored_name: str | None = None  # the checkpoint restored, if any
         self.events = 0  # the job's: identical on every rank
         self.dead_lettered: Counter[str] = Counter()  # this rank's (rank 0: plus the restored totals)
         self._job_dead_lettered: Counter[str] = Counter()  # every rank's, as of the last checkpoint
@@ -211,6 +212,7 @@ class TrainingDaemon:
         self._events_at_checkpoint = self._events_at_status = self.events
         if self.audit is not None:
             self.audit.truncate(int(meta["audit_position"]))
+        self._restored_name = checkpoint.path.name
         log.info("restored %s: %d events, offsets %s", checkpoint.path.name, self.events, self.offsets)
         return True
 
@@ -253,6 +255,7 @@ class TrainingDaemon:
     def run(self) -> DaemonSummary:
         started = time.monotonic()
         self.restore()
+        self._check_same_restore()
         for slot in self.slots:
             self.coordinator.replicate(slot.trainer)
         try:
@@ -270,7 +273,7 @@ class TrainingDaemon:
             self.telemetry.serve()
         if self.index_sync is not None:
             self.index_sync.start()
-        agreed_stop, busy = False, False
+        agreed_stop, busy, between_iterations = False, False, True
         try:
             while True:
                 stopping = self.stop.is_set() or self._should_stop()
@@ -282,15 +285,19 @@ class TrainingDaemon:
                 if agreement.stop:  # a batch taken this iteration is dropped: its offsets never advanced
                     agreed_stop = True
                     break
+                between_iterations = False  # the model may learn a batch its offsets do not yet cover
                 self._process(batch, agreement, dead_letters)
+                between_iterations = True
                 self._timers(consumer, agreement)
                 busy = agreement.total_rows > 0
         finally:
             if self.index_sync is not None:
                 self.index_sync.stop()
             # Ranks that did not agree to stop cannot gather offsets: the last checkpoint stands.
-            if agreed_stop or self.coordinator.world_size == 1:
+            if agreed_stop or (self.coordinator.world_size == 1 and between_iterations):
                 self.checkpoint()
+            elif self.coordinator.world_size == 1:
+                log.warning("failed inside an iteration: no final checkpoint, a restart resumes from the last one")
             else:
                 log.warning("rank %d: the job did not stop together (a rank failed?); no final checkpoint, "
                             "a restart resumes from the last one", self.coordinator.rank)
@@ -309,6 +316,22 @@ class TrainingDaemon:
             checkpoints=self.checkpoints_written,
             models={s.name: {"auc": s.auc.get(), "logloss": s.logloss.get()} for s in self.slots},
         )
+
+    def _check_same_restore(self) -> None:
+        """Every rank must start from the same checkpoint (a checkpoint_dir not truly shared
+        between hosts would otherwise desynchronise the collectives and hang the job)."""
+        if self.coordinator.world_size == 1:
+            return
+        state = (self._restored_name, self.events, [s.trainer.steps for s in self.slots])
+        states = self.coordinator.gather(state)
+        verdict = None
+        if states is not None and any(s != states[0] for s in states):
+            verdict = ("the ranks restored different checkpoints (" + "; ".join(
+                f"rank {r}: {s[0] or 'none'} at {s[1]} events" for r, s in enumerate(states))
+                + "): daemon.checkpoint_dir must be storage every rank shares")
+        verdict = self.coordinator.broadcast(verdict)
+        if verdict is not None:
+            raise UserError(verdict)
 
     def _process(self, batch: Batch | None, agreement: Agreement, dead_letters: DeadLetterWriter) -> None:
         rows = batch.events if batch is not None else 0

@@ -221,9 +221,42 @@ class TorchDistributedCoordinator:
     def replicate(self, trainer: OnlineTrainer) -> None:
         # Every parameter gets a gradient in every step (`OnlineTrainer.step` adds the outputs
         # the loss leaves out with weight 0), so DDP needs no search for unused ones.
+        # Buffers (BatchNorm statistics, CS3's cross-tower summaries) are not broadcast from
+        # rank 0, which would keep only rank 0's data in them: after each step the ranks
+        # average them, weighted by their share of the step's events (`_average_buffers`).
         device_ids = [self.local_rank] if trainer.device.type == "cuda" else None
-        trainer.training_module = nn.parallel.DistributedDataParallel(trainer.model, device_ids=device_ids)
+        trainer.training_module = nn.parallel.DistributedDataParallel(
+            trainer.model, device_ids=device_ids, broadcast_buffers=False
+        )
         trainer.on_bias_init = lambda initialized: self._share_first_initialized(trainer.model, initialized)
+        trainer.after_step = lambda loss_weight: self._average_buffers(trainer.model, loss_weight / self.world_size)
+
+    @torch.no_grad()
+    def _average_buffers(self, module: nn.Module, share: float) -> None:
+        """Every replica's buffers become the event-weighted mean of the replicas' buffers.
+
+        The buffers are moving averages updated by each replica's forward, so the
+        weighted mean (``share`` = this rank's fraction of the step's events; 0 for a
+        stand-in, whose forward left them alone) is exactly the update of one batch of
+        all the step's events for means (BatchNorm's running mean, CS3's summaries) and
+        close to it for BatchNorm's running variance. Counters take the maximum.
+        """
+        floats = [b for b in module.buffers() if b.is_floating_point()]
+        counters = [b for b in module.buffers() if not b.is_floating_point()]
+        if floats:
+            flat = torch.cat([b.reshape(-1).double() for b in floats]) * share
+            dist.all_reduce(flat)
+            offset = 0
+            for b in floats:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+        if counters:
+            flat = torch.cat([b.reshape(-1).long() for b in counters])
+            dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+            offset = 0
+            for b in counters:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     def _share_first_initialized(self, module: nn.Module, initialized: bool) -> None:
         """The first step's bias start is data-dependent: every rank takes the lowest initialized rank's."""
@@ -343,10 +376,10 @@ class StepRecord:
 
 
 def parameter_digest(modules: Iterable[nn.Module]) -> str:
-    """sha256 over every parameter's bytes: equal digests mean bit-identical replicas."""
+    """sha256 over every parameter's and buffer's bytes: equal digests mean bit-identical replicas."""
     digest = hashlib.sha256()
     for module in modules:
-        for tensor in module.parameters():
+        for tensor in (*module.parameters(), *module.buffers()):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 

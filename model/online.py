@@ -116,17 +116,20 @@ def _every_output(output: ModelOutput) -> torch.Tensor:
 class OnlineTrainer:
     """Owns a model and its optimizer; `step` does test-then-train on one batch.
 
-    Multi-worker training (`inttower.distributed`) sets two hooks: ``training_module``,
+    Multi-worker training (`inttower.distributed`) sets three hooks: ``training_module``,
     the module the training forward runs through (a DistributedDataParallel wrapper of
-    ``model``, which all-reduces gradients in backward), and ``on_bias_init``, called on
+    ``model``, which all-reduces gradients in backward); ``on_bias_init``, called on
     every replica while no step has been taken, after the data-dependent bias start, with
-    whether this replica computed it (so the replicas can share one).
+    whether this replica computed it (so the replicas can share one); and
+    ``after_step``, called with the step's loss weight at the end of every step, taken or
+    skipped (the replicas combine the running statistics their forwards updated).
     """
 
     def __init__(self, model: PreRanker, train: TrainConfig, online: OnlineConfig) -> None:
         self.model = model
         self.training_module: nn.Module = model
         self.on_bias_init: Callable[[bool], None] | None = None
+        self.after_step: Callable[[float], None] | None = None
         self.online = online
         self.optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
         self.window = CIRWindow(online.cir_window)
@@ -196,6 +199,8 @@ class OnlineTrainer:
                         self.window.push(output.cir_item, batch.item_ids)
         if reason is not None:
             self.skipped[reason] += 1
+        if self.after_step is not None:
+            self.after_step(loss_weight)
         return StepResult(
             probabilities=probabilities.cpu().numpy(),
             labels=batch.labels.cpu().numpy(),

@@ -92,3 +92,34 @@ def test_stop_wakes_a_job_waiting_for_the_handoff():
     waiter.start()
     assert finished.wait(5.0), "the waiting sync job did not return after stop()"
     assert time.monotonic() - started < 5.0
+
+
+def test_a_late_handoff_to_a_timed_out_job_is_given_back_not_taken_by_the_next_job():
+    sync, table = _sync()
+    sync.config = IndexSyncConfig(enabled=True, handoff_timeout_s=0.2)
+    sync.observe(table.slice(0, 300))
+    assert sync.run_job() is None  # nobody served the handoff in time
+    sync.serve_handoff()  # ... and now the training loop answers the old request
+    sync.observe(table.slice(300, 300))  # rows 300-599
+    sync.config = IndexSyncConfig(enabled=True, handoff_timeout_s=30.0)
+    _handoff_soon(sync)
+    report = sync.run_job(full=False)
+    assert report is not None
+    both = np.unique(table.slice(0, 600).column("item_id").to_numpy())
+    assert report.items_encoded == both.size  # the late handoff's items were published too
+    assert sync._request.empty() and sync._handoffs.empty()  # nothing left behind for the next job
+
+
+def test_stop_wakes_every_waiting_job():
+    sync, table = _sync()
+    sync.observe(table.slice(0, 100))
+    done = []
+    jobs = [threading.Thread(target=lambda: done.append(sync.run_job())) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    time.sleep(0.3)  # one job waits for the handoff, the other for the job lock
+    sync._stopping.set()
+    sync._handoffs.put(None)  # what stop() does once the scheduler is gone
+    for job in jobs:
+        job.join(timeout=5.0)
+    assert done == [None, None]

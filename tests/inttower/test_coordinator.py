@@ -167,7 +167,7 @@ def _replica(rank: int, port: int, out: str) -> None:
         table = make_synthetic_like_table(30, seed=5)
         batches = {0: [table.slice(0, 20), table.slice(0, 20), None, table.slice(20, 5)],
                    1: [table.slice(20, 10), None, table.slice(20, 10), table.slice(25, 5)]}[rank]
-        report = {"digests": [], "stepped": [], "reasons": []}
+        report = {"digests": [], "stepped": [], "reasons": [], "buffers": []}
         for kind in ("lr", "inttower"):
             torch.manual_seed(0)
             trainer = OnlineTrainer(build_model(replace(SMALL, kind=kind)), TrainConfig(), OnlineConfig())
@@ -179,6 +179,7 @@ def _replica(rank: int, port: int, out: str) -> None:
                 agreement = coordinator.agree(Vote(0 if part is None else len(batch)))
                 result = trainer.step(batch, agreement.loss_weight(rank))
                 report["digests"].append(parameter_digest([trainer.model]))
+                report["buffers"].append([b.sum().item() for b in trainer.model.buffers()])
                 report["stepped"].append(result.stepped)
                 report["reasons"].append(result.skipped_reason)
             if kind == "lr":
@@ -200,6 +201,9 @@ def test_two_replicas_stay_identical_and_step_like_one_process_on_their_union(tm
                 process.kill()
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert reports[0]["digests"] == reports[1]["digests"]  # bit-identical after every step, both models
+    # Step 3 of IntTower (index 6): rank 0 has no events, rank 1 has; the replicas' shared
+    # BatchNorm statistics still learn from rank 1's events (not kept to rank 0's).
+    assert reports[0]["buffers"][6] == reports[1]["buffers"][6] != reports[0]["buffers"][5]
     assert reports[0]["stepped"] == reports[1]["stepped"] == [True, True, True, False] * 2
     assert reports[1]["reasons"][3] == SKIP_NON_FINITE_LOSS and reports[0]["reasons"][3] is not None
 
