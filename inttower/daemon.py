@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -44,6 +43,7 @@ from inttower.distributed import (
     stand_in_batch,
 )
 from inttower.errors import UserError
+from inttower.history import QualityClock
 from inttower.telemetry import Telemetry
 from model.audit import TrainedEventLog
 from model.build import build_model
@@ -148,12 +148,10 @@ class TrainingDaemon:
         self._last_commit = time.monotonic()
         self._last_event = time.monotonic()
         self._events_at_status = 0
-        self._next_history = config.daemon.history_every_events
-        self._history_ts: list[np.ndarray] = []
+        self.history = QualityClock(config.daemon.history_every_events)
         self._first_batch_at: float | None = None
         self._last_telemetry = 0.0
         self._last_batch_at = 0.0
-        self._history_time_ms = 0
 
     def _slot(self, name: str) -> ModelSlot:
         torch.manual_seed(self.config.train.seed)
@@ -385,20 +383,7 @@ class TrainingDaemon:
             self.index_sync.observe(step.items)
         if self.telemetry is not None:
             self.telemetry.on_step(step.results, step.event_ts_ms)
-        self._history_ts.append(step.event_ts_ms)
-        if self.events >= self._next_history:
-            # Batches alternate between partitions, each a little ahead or behind in event
-            # time: a point sits at the median event time of the events since the last one,
-            # kept monotone so the history reads as a time series.
-            median = int(np.median(np.concatenate(self._history_ts)))
-            self._history_time_ms = max(self._history_time_ms, median)
-            self._record_history(self._history_time_ms)
-            self._history_ts.clear()
-            self._next_history = self.events + self.config.daemon.history_every_events
-
-    def _record_history(self, event_ts_ms: int) -> None:
-        for slot in self.slots:
-            slot.history.append({"events": self.events, "event_ts_ms": event_ts_ms, "auc": slot.auc.get(), "logloss": slot.logloss.get()})
+        self.history.add(step.event_ts_ms, self.events, self.slots)
 
     def _timers(self, consumer: ClickStreamConsumer, agreement: Agreement) -> None:
         if self.index_sync is not None:
