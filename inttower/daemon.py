@@ -206,7 +206,7 @@ class TrainingDaemon:
         self._restored_offsets = dict(self.offsets)
         self.events = int(meta["events"])
         self.dead_lettered = Counter(meta["dead_lettered"]) if self.primary else Counter()
-        self._dead_letters_seen = sum(Counter(meta["dead_lettered"]).values())
+        self._dead_letters_seen = sum(meta["dead_lettered"].values())
         self._events_at_checkpoint = self._events_at_status = self.events
         if self.audit is not None:
             self.audit.truncate(int(meta["audit_position"]))

@@ -58,6 +58,12 @@ class LossParts:
     cs3: torch.Tensor  # alignment + ranker BCE + distillation (0 without the add-ons)
 
 
+def calibrated_bias(raw_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The bias b that makes mean(raw + b) the logit of the batch's click rate."""
+    ctr = labels.float().mean().clamp(1e-4, 1 - 1e-4)
+    return torch.logit(ctr) - raw_logits.mean()
+
+
 #: Below this many rows, CPU GEMM kernels switch to other code paths (seen: 1-3 rows)
 #: whose rounding differs in the last bit; eval-mode encoding pads small batches to it.
 MIN_ENCODE_ROWS = 16
@@ -132,15 +138,14 @@ class PreRanker(nn.Module, ABC):
         b at logit(CTR) - mean(score) removes that transient.
         """
         # Train mode, as the first steps will run (BatchNorm on batch statistics); the
-        # only side effect is one running-statistics update.
+        # only side effects are one update of the running statistics (and CS3's summaries).
         was_training = self.training
         self.train()
-        raw = self(batch).logits - self.output_bias
-        if self.cascade is not None:
-            self.cascade.init_output_bias(batch)
+        output = self(batch)
         self.train(was_training)
-        ctr = batch.labels.float().mean().clamp(1e-4, 1 - 1e-4)
-        self.output_bias.copy_(torch.logit(ctr) - raw.mean())
+        if self.cascade is not None:  # the same forward ran the cascade ranker
+            self.cascade.init_output_bias(output.ranker_logits, batch.labels)
+        self.output_bias.copy_(calibrated_bias(output.logits - self.output_bias, batch.labels))
 
     def forward(self, batch: FeatureBatch) -> ModelOutput:
         """Row-aligned logits; in training mode also feeds CS3's summaries and ranker."""

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from model.base import calibrated_bias
 from model.config import CS3Config, ModelConfig
 from model.features import FeatureBatch
 from model.ranker import SingleTowerRanker
@@ -129,12 +130,10 @@ class CascadeSharing(nn.Module):
         return self.config.ranker_weight * ranker + self.config.distill_weight * distill
 
     @torch.no_grad()
-    def init_output_bias(self, batch: FeatureBatch) -> None:
+    def init_output_bias(self, ranker_logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Start the ranker calibrated too, or the first distillation targets are all 0.5."""
         head = self.ranker.head
-        ctr = batch.labels.float().mean().clamp(1e-4, 1 - 1e-4)
-        raw = self.ranker(batch) - head.bias
-        head.bias.copy_((torch.logit(ctr) - raw.mean()).reshape(head.bias.shape))
+        head.bias.copy_(calibrated_bias(ranker_logits - head.bias, labels).reshape(head.bias.shape))
 
 
 def attach(model: nn.Module, config: ModelConfig) -> None:
