@@ -7,9 +7,23 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup system-packages demo test test-fast bench clean
 
-setup: $(STAMP)
+setup: system-packages $(STAMP)
+
+# Prometheus and promtool (Debian package `prometheus`): a real server in the integration
+# tests and the alert-rule checks. Installed when run as root and missing; otherwise one
+# line says how (the tests that need them then skip, and fail under CI).
+system-packages:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make setup: installing the Debian package prometheus (Prometheus + promtool, for the tests)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
+	  else \
+	    echo "make setup: Prometheus/promtool missing; their tests will skip. Install: sudo apt-get install -y prometheus"; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

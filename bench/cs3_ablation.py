@@ -3,7 +3,7 @@
     python -m bench.cs3_ablation                        # ML-100K and the synthetic stream, 3 seeds
     python -m bench.cs3_ablation --data ml100k --modes offline --seeds 1   # a subset
 
-For every data set (ML-100K from ../shared/data; the synthetic stream with its planted
+For every data set (ML-100K from $INTTOWER_DATA or the download cache; the synthetic stream with its planted
 preferences and mid-stream shift) and every mode:
 - offline: the paper's seeded random 80/20 split, Adam with early stopping on
   validation AUC (as `bench.reproduce_paper`), test AUC / logloss; train events/s is
@@ -39,11 +39,11 @@ from model.experiment import split_rows, train_and_test
 from model.features import FeatureBatch, FeatureEncoder
 from model.online import OnlineTrainer
 from monitoring.quality import log_loss, rela_impr, roc_auc
+from stream.datasets import require_movielens
 from stream.movielens import import_movielens
 from stream.synthetic import generate_synthetic_log
 
 REPO = Path(__file__).resolve().parents[1]
-ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 DATA_CONFIGS = {"ml100k": REPO / "configs" / "movielens.toml", "synthetic": REPO / "configs" / "synthetic.toml"}
 ADDONS: dict[str, CS3Config] = {
     "plain": CS3Config(),
@@ -65,7 +65,7 @@ SPEED_ROUNDS = 5
 def _load(data: str, synthetic_events: int) -> tuple[AppConfig, FeatureBatch]:
     config = load_config(DATA_CONFIGS[data])
     if data == "ml100k":
-        table = import_movielens(ML100K, config.data.movielens)
+        table = import_movielens(require_movielens("ml-100k"), config.data.movielens)
     else:
         table = generate_synthetic_log(dataclasses.replace(config.data.synthetic, events=synthetic_events))
     return config, FeatureEncoder(config.model.features).encode(table)  # both in event-time order

@@ -21,11 +21,11 @@ import pyarrow as pa
 from inttower.config import load_config
 from model.features import FeatureEncoder
 from model.hashing import bucketize, salt_for
+from stream.datasets import find_movielens, how_to_get
 from stream.movielens import import_movielens
 from stream.synthetic import generate_synthetic_log
 
 REPO = Path(__file__).resolve().parents[1]
-ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 BUCKETS = 1_000_003
 
 
@@ -63,9 +63,12 @@ def collisions() -> None:
     print("\n| data | field | distinct values | table rows | distinct ids | collision rate |")
     print("|---|---|---|---|---|---|")
     sources = []
-    if ML100K.is_dir():
+    ml100k = find_movielens("ml-100k")
+    if ml100k is not None:
         config = load_config(REPO / "configs" / "movielens.toml")
-        sources.append(("ML-100K", import_movielens(ML100K, config.data.movielens), config))
+        sources.append(("ML-100K", import_movielens(ml100k, config.data.movielens), config))
+    else:
+        print(f"(ML-100K skipped: {how_to_get('ml-100k')})")
     config = load_config(REPO / "configs" / "synthetic.toml")
     sources.append(("synthetic", generate_synthetic_log(config.data.synthetic), config))
     for name, table, config in sources:

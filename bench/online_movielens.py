@@ -29,11 +29,11 @@ from model.experiment import split_rows, train_and_test
 from model.features import FeatureEncoder
 from monitoring.quality import log_loss, roc_auc
 from stream.broker import EmbeddedBroker, create_topic
+from stream.datasets import require_movielens
 from stream.movielens import import_movielens
 from stream.replay import replay
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-100k"
 MODELS = ("inttower", "two_tower")
 STREAM_BATCH = 256  # ML-100K has 73k events: 2048-event batches would give only 36 steps
 
@@ -62,14 +62,15 @@ def _fmt(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", help="ML-100K folder (default: $INTTOWER_DATA/ml-100k or the download cache)")
     parser.add_argument("--config", default=str(REPO / "configs" / "movielens.toml"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--offline-epochs", type=int, default=10)
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    table = import_movielens(Path(args.data), config.data.movielens)
-    print(f"{args.data}: {table.num_rows} events in time order; stream batches of {STREAM_BATCH}")
+    folder = require_movielens("ml-100k", args.data)
+    table = import_movielens(folder, config.data.movielens)
+    print(f"{folder}: {table.num_rows} events in time order; stream batches of {STREAM_BATCH}")
 
     online: dict[str, dict[str, list[float]]] = {m: {"auc": [], "logloss": []} for m in MODELS}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:

@@ -1,6 +1,6 @@
 """Reproduce the paper's offline comparison (Table 2 and the ablations) on MovieLens.
 
-    python -m bench.reproduce_paper                      # ML-100K from ../shared/data
+    python -m bench.reproduce_paper                      # ML-100K: --data, $INTTOWER_DATA or the download cache
     python -m bench.reproduce_paper --data PATH/ml-1m    # a full ML-1M copy
     python -m bench.reproduce_paper --data synthetic     # the synthetic click log
 
@@ -27,11 +27,11 @@ from model.config import ModelConfig
 from model.experiment import RunResult, split_rows, train_and_test
 from model.features import FeatureEncoder
 from monitoring.quality import rela_impr
+from stream.datasets import require_movielens
 from stream.movielens import import_movielens
 from stream.synthetic import generate_synthetic_log
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-100k"
 SMALL_DATA_ROWS = 500_000  # below this, batch 2048 gives too few steps an epoch
 SMALL_BATCH = 512
 
@@ -48,7 +48,8 @@ VARIANTS: dict[str, dict] = {
 def _load(data: str, config: AppConfig):
     if data == "synthetic":
         return generate_synthetic_log(config.data.synthetic), "synthetic log"
-    return import_movielens(Path(data), config.data.movielens), data
+    folder = require_movielens("ml-100k", data)
+    return import_movielens(folder, config.data.movielens), str(folder)
 
 
 def _summary(values: list[float]) -> tuple[float, float]:
@@ -73,7 +74,7 @@ def _print_table(split: str, results: dict[str, list[RunResult]], batch_size: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="MovieLens directory, or 'synthetic'")
+    parser.add_argument("--data", help="MovieLens directory, or 'synthetic' (default: ml-100k from $INTTOWER_DATA or the cache)")
     parser.add_argument("--config", default=str(REPO / "configs" / "movielens.toml"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--splits", default="random,time")

@@ -1,7 +1,7 @@
-"""The `inttower` command line: import data, run the demo, (later) train and replay.
+"""The `inttower` command line: get and import data, run a local broker, train, replay, the demo.
 
 User errors (bad config, missing or malformed data) print one line and exit 2; only
-bugs show a traceback.
+bugs show a traceback. Third-party libraries log only warnings unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from inttower.config import AppConfig, default_config, load_config
 from inttower.errors import UserError
 from model.features import FeatureError
 from stream.clicklog import ClickLogError
+from stream.datasets import DataNotFoundError, DownloadError
 
 EXIT_USER_ERROR = 2
 EXIT_BROKER_UNAVAILABLE = 3
-_USER_ERRORS = (UserError, ClickLogError, FeatureError)
+_USER_ERRORS = (UserError, ClickLogError, FeatureError, DataNotFoundError, DownloadError)
+#: Loggers of this project: INFO by default; everything else WARNING unless --verbose.
+PROJECT_LOGGERS = ("inttower", "stream", "model", "index_sync", "monitoring", "bench")
 
 
 def _config(path: str | None) -> AppConfig:
@@ -29,9 +32,23 @@ def _config(path: str | None) -> AppConfig:
 
 
 def _cmd_data_movielens(args: argparse.Namespace) -> None:
-    from inttower.commands import import_movielens_log
+    from inttower.commands import download_and_import_movielens, import_movielens_log
 
-    import_movielens_log(Path(args.path), Path(args.out), _config(args.config))
+    if args.download:
+        if len(args.paths) > 1:
+            raise UserError(f"with --download give at most OUT, got {' '.join(args.paths)}")
+        out = Path(args.paths[0]) if args.paths else Path("runs") / f"{args.download}.parquet"
+        download_and_import_movielens(args.download, out, _config(args.config))
+        return
+    if len(args.paths) != 2:
+        raise UserError("give PATH OUT (a GroupLens folder and the output Parquet file), or --download NAME [OUT]")
+    import_movielens_log(Path(args.paths[0]), Path(args.paths[1]), _config(args.config))
+
+
+def _cmd_broker(args: argparse.Namespace) -> None:
+    from inttower.commands import run_local_broker
+
+    run_local_broker(_config(args.config), port=args.port, partitions=args.partitions)
 
 
 def _cmd_data_synthetic(args: argparse.Namespace) -> None:
@@ -83,20 +100,32 @@ def _cmd_replay(args: argparse.Namespace) -> None:
         overrides["bootstrap_servers"] = tuple(args.bootstrap.split(","))
     config = dataclasses.replace(config, **overrides)
     summary = replay(
-        read_click_log(args.log), config, rate=args.rate, speedup=args.speedup, fmt=args.format, progress=True
+        read_click_log(args.log, index_ids=False), config, rate=args.rate, speedup=args.speedup, fmt=args.format, progress=True
     )
     print(f"replayed {summary.events} events in {summary.messages} messages, {summary.seconds:.1f} s, {summary.events_per_s:.0f} events/s")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inttower", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show third-party libraries' INFO logs")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="build click logs (Parquet) from public or synthetic data")
     sources = data.add_subparsers(dest="source", required=True)
-    ml = sources.add_parser("movielens", help="GroupLens ML-100K or ML-1M directory -> time-ordered click log")
-    ml.add_argument("path", help="directory holding u.data/u.user/u.item or ratings.dat/users.dat/movies.dat")
-    ml.add_argument("out", help="output Parquet file")
+    ml = sources.add_parser(
+        "movielens",
+        help="GroupLens ML-100K or ML-1M -> time-ordered click log",
+        usage="inttower data movielens PATH OUT | --download {ml-100k,ml-1m} [OUT]",
+    )
+    ml.add_argument(
+        "paths", nargs="*", metavar="PATH OUT",
+        help="folder holding u.data/u.user/u.item or ratings.dat/users.dat/movies.dat, then the output Parquet file",
+    )
+    ml.add_argument(
+        "--download", choices=("ml-100k", "ml-1m"),
+        help="fetch the GroupLens archive into $INTTOWER_DATA (default ~/.cache/inttower), checksum verified; "
+        "OUT defaults to runs/NAME.parquet",
+    )
     ml.add_argument("--config", help="TOML config ([data.movielens] sets the label thresholds)")
     ml.set_defaults(run=_cmd_data_movielens)
     syn = sources.add_parser("synthetic", help="synthetic click log with planted preferences and a shift")
@@ -122,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--config", help="TOML config ([stream] security settings)")
     rep.set_defaults(run=_cmd_replay)
 
+    broker = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground")
+    broker.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
+    broker.add_argument("--partitions", type=int, default=4, help="partitions of the [stream] topic it creates (default 4)")
+    broker.add_argument("--config", help="TOML config: its [stream] topic and dead-letter topic are created")
+    broker.set_defaults(run=_cmd_broker)
+
     demo = commands.add_parser("demo", help="end-to-end demo on the embedded synthetic defaults")
     demo.add_argument("--config", help="TOML config (default: the embedded defaults)")
     demo.add_argument("--events", type=int, help="synthetic events to generate")
@@ -130,13 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """The project's own INFO lines; third parties (FAISS's loader, kafka-python) only from WARNING.
+
+    kafka-python logs every failed connection attempt as an ERROR; the project reports an
+    unreachable broker itself in one line, so kafka-python is quiet below CRITICAL unless
+    ``verbose``.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
+    )
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    if not verbose:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "job skipped: still running" is expected
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from stream.broker import BrokerUnavailableError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "job skipped: still running" is expected
+    configure_logging(args.verbose)
     try:
         args.run(args)
     except BrokerUnavailableError as exc:

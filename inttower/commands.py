@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from pathlib import Path
 
 from inttower.config import AppConfig
+from inttower.errors import UserError
 from stream.clicklog import write_click_log
+from stream.datasets import data_home, download_movielens
 from stream.movielens import import_movielens
 from stream.synthetic import generate_synthetic_log
 
@@ -21,6 +25,40 @@ def import_movielens_log(path: Path, out: Path, config: AppConfig) -> None:
         f"wrote {out}: {table.num_rows} events, {positives / max(table.num_rows, 1):.1%} positive, "
         f"{time.perf_counter() - started:.1f} s"
     )
+
+
+def download_and_import_movielens(name: str, out: Path, config: AppConfig) -> None:
+    """`inttower data movielens --download NAME`: fetch into the data home, then import."""
+    folder = download_movielens(name)
+    print(f"{name}: {folder} (data home {data_home()})")
+    import_movielens_log(folder, out, config)
+
+
+def run_local_broker(config: AppConfig, port: int, partitions: int) -> None:
+    """`inttower broker`: Tansu on 127.0.0.1:``port`` until SIGINT/SIGTERM, with the config's topics."""
+    from stream.broker import EmbeddedBroker, create_topic, port_accepts
+    from stream.config import kafka_client_options
+
+    if port_accepts("127.0.0.1", port):
+        raise UserError(f"127.0.0.1:{port} is already in use (another broker?); choose one with --port")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedBroker(port=port) as broker:
+        stream = dataclasses.replace(config.stream, bootstrap_servers=(broker.bootstrap,))
+        create_topic(broker.bootstrap, stream.topic, partitions, kafka_client_options(stream))
+        create_topic(broker.bootstrap, stream.dead_letter_topic, 1, kafka_client_options(stream))
+        print(
+            f"broker listening on {broker.bootstrap} (Tansu pid {broker.pid}, log {broker.log_path})\n"
+            f"topics: {stream.topic} ({partitions} partitions), {stream.dead_letter_topic} (1)\n"
+            "memory storage: topics, messages and committed offsets are gone when it stops; "
+            "production runs use Apache Kafka (docker/). Ctrl-C stops it.",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            if not broker.running:
+                raise UserError(f"the broker exited unexpectedly; its log: {broker.log_path}")
+    print("broker stopped")
 
 
 def write_synthetic_log(out: Path, config: AppConfig, events: int | None = None, seed: int | None = None) -> None:

@@ -1,6 +1,6 @@
 """CS3's three add-ons for any two-tower model (Wang et al. 2026), as we read its abstract.
 
-Only the abstract is available (../shared/notes/reference-findings.md, section 3), so
+Only the abstract is available (the README, "CS3 add-ons", says what we know), so
 each part is our reading, chosen so that serving stays decoupled:
 
 - `CycleGate` (Cycle-Adaptive Structure, "self-revision via adaptive feature denoising

@@ -184,7 +184,7 @@ def replay(
         validate_schema(log.schema, "replayed table")
         table = log
     else:
-        table = read_click_log(log)
+        table = read_click_log(log, index_ids=False)
     table = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending")]))  # Arrow's sort is stable
     ts = table.column("ts").to_numpy()
     due = _due_times(ts, rate, speedup)

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from stream.datasets import find_movielens, how_to_get
 from stream.events import EventSchema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,6 @@ SYNTHETIC_EVENT_SCHEMA = EventSchema.of(
         ("price", "numeric", "item"),
     ]
 )
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def make_synthetic_like_table(rows: int, seed: int = 0) -> pa.Table:
@@ -68,3 +68,12 @@ def make_synthetic_like_table(rows: int, seed: int = 0) -> pa.Table:
 @pytest.fixture
 def tiny_table() -> pa.Table:
     return make_synthetic_like_table(64)
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """MovieLens-100K from $INTTOWER_DATA or the download cache; skips (saying how to get it) if absent."""
+    found = find_movielens("ml-100k")
+    if found is None:
+        pytest.skip(f"MovieLens ml-100k not found: {how_to_get('ml-100k')}")
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -48,7 +49,10 @@ def _values(result: list) -> list[float]:
 def prometheus(tmp_path: Path):
     """Start Prometheus on a free port; ``start(target)`` writes its config and launches it."""
     if PROMETHEUS is None:
-        pytest.fail("prometheus is not installed (.ci/run installs the Debian package)")
+        message = "prometheus not found on PATH (`make setup` installs it as root; otherwise: sudo apt-get install -y prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must have it")
+        pytest.skip(message)
     processes = []
 
     def start(target: str) -> int:

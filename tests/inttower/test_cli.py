@@ -1,6 +1,7 @@
 """The CLI end to end: user errors are one line with no traceback; commands write real files."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from stream.clicklog import read_click_log
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import REPO_ROOT
 
 
-def _run(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "inttower.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def _run(*args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inttower.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _assert_one_line_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -45,6 +49,43 @@ def test_malformed_dat_line_names_file_and_line(tmp_path):
     assert not (tmp_path / "out.parquet").exists()
 
 
+def test_download_reuses_a_copy_in_the_data_home(tmp_path):
+    """`--download` finds a complete copy under $INTTOWER_DATA and imports it without fetching."""
+    from tests.stream.test_movielens import write_ml1m
+
+    write_ml1m(tmp_path / "data" / "ml-1m")
+    out = tmp_path / "ml1m.parquet"
+    result = _run("data", "movielens", "--download", "ml-1m", str(out), env={"INTTOWER_DATA": str(tmp_path / "data")})
+    assert result.returncode == 0, result.stderr
+    assert read_click_log(out).num_rows == 4
+    assert str(tmp_path / "data" / "ml-1m") in result.stdout
+
+
+def test_movielens_without_paths_or_download_is_one_line(tmp_path):
+    _assert_one_line_user_error(_run("data", "movielens", str(tmp_path)), "PATH OUT", "--download")
+
+
+def _unreachable_broker_config(tmp_path: Path) -> Path:
+    from stream.broker import free_port
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[stream]\nbootstrap_servers = ["127.0.0.1:{free_port()}"]\nstartup_timeout_s = 1.0\n'
+                      f'[daemon]\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n')
+    return config
+
+
+def test_unreachable_broker_is_one_line_without_library_chatter(tmp_path):
+    """FAISS's loader lines and kafka-python's retries only with --verbose; by default one line."""
+    config = _unreachable_broker_config(tmp_path)
+    verbose = _run("--verbose", "train", "--config", str(config))
+    assert verbose.returncode == 3
+    assert "faiss.loader" in verbose.stderr and "kafka" in verbose.stderr  # what the default hides
+    result = _run("train", "--config", str(config))
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no Kafka broker answered" in lines[0], result.stderr
+
+
 def test_synthetic_command_writes_a_valid_click_log(tmp_path):
     out = tmp_path / "syn.parquet"
     result = _run("data", "synthetic", str(out), "--events", "5000", "--seed", "3")
@@ -54,10 +95,9 @@ def test_synthetic_command_writes_a_valid_click_log(tmp_path):
     assert table.column("event_id")[0].as_py().startswith("syn-3-")
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason="ML-100K not present beside the repo")
-def test_movielens_command_imports_ml100k(tmp_path):
+def test_movielens_command_imports_ml100k(tmp_path, ml100k_dir):
     out = tmp_path / "ml.parquet"
-    result = _run("data", "movielens", str(SHARED_DATA / "ml-100k"), str(out))
+    result = _run("data", "movielens", str(ml100k_dir), str(out))
     assert result.returncode == 0, result.stderr
     assert read_click_log(out).num_rows == 72855
 

@@ -9,7 +9,7 @@ from inttower.config import load_config
 from model.experiment import split_rows, train_and_test
 from model.features import FeatureEncoder
 from stream.movielens import import_movielens
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import REPO_ROOT
 
 
 @pytest.mark.parametrize("kind", ["random", "time"])
@@ -30,10 +30,9 @@ def test_random_split_depends_on_seed():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason="ML-100K not present beside the repo")
-def test_inttower_learns_movielens_in_two_epochs():
+def test_inttower_learns_movielens_in_two_epochs(ml100k_dir):
     config = load_config(REPO_ROOT / "configs" / "movielens.toml")
-    data = FeatureEncoder(config.model.features).encode(import_movielens(SHARED_DATA / "ml-100k", config.data.movielens))
+    data = FeatureEncoder(config.model.features).encode(import_movielens(ml100k_dir, config.data.movielens))
     split = split_rows(len(data), "random", 0.2, 0.1, seed=0)
     train = dataclasses.replace(config.train, max_epochs=2)
     result = train_and_test(config.model, train, data, split)

@@ -12,9 +12,6 @@ import pytest
 from stream.clicklog import ClickLogError, read_click_log, write_click_log
 from stream.movielens import DataFormatError, MovieLensImport, detect_layout, import_movielens
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-ML100K = SHARED_DATA / "ml-100k"
-ML1M_PARTIAL = SHARED_DATA / "ml-1m"  # users.dat and movies.dat only, no ratings.dat
 
 USERS_DAT = "1::F::1::10::48067\n2::M::56::16::70072-1234\n3::M::25::15::t8h1n\n"
 MOVIES_DAT = (
@@ -44,37 +41,34 @@ def write_ml1m(folder: Path, ratings: str = RATINGS_DAT, users: str = USERS_DAT,
 
 
 @pytest.fixture(scope="module")
-def ml100k() -> pa.Table:
-    if not (ML100K / "u.data").is_file():
-        pytest.skip(f"MovieLens-100K not found at {ML100K}")
-    return import_movielens(ML100K)
+def ml100k(ml100k_dir: Path) -> pa.Table:
+    return import_movielens(ml100k_dir)
 
 
-def read_u_data() -> np.ndarray:
+@pytest.fixture(scope="module")
+def u_data(ml100k_dir: Path) -> np.ndarray:
     """u.data as an (n, 4) int array: user, item, rating, seconds."""
-    return np.loadtxt(ML100K / "u.data", dtype=np.int64, delimiter="\t")
+    return np.loadtxt(ml100k_dir / "u.data", dtype=np.int64, delimiter="\t")
 
 
-def test_ml100k_layout_detected() -> None:
-    if not ML100K.is_dir():
-        pytest.skip(f"MovieLens-100K not found at {ML100K}")
-    assert detect_layout(ML100K) == "ml-100k"
+def test_ml100k_layout_detected(ml100k_dir: Path) -> None:
+    assert detect_layout(ml100k_dir) == "ml-100k"
 
 
-def test_ml100k_row_count_drops_rating_3(ml100k: pa.Table) -> None:
-    ratings = read_u_data()
+def test_ml100k_row_count_drops_rating_3(ml100k: pa.Table, u_data: np.ndarray) -> None:
+    ratings = u_data
     assert ml100k.num_rows == int((ratings[:, 2] != 3).sum())
 
 
-def test_ml100k_is_time_ordered_with_ms_timestamps(ml100k: pa.Table) -> None:
+def test_ml100k_is_time_ordered_with_ms_timestamps(ml100k: pa.Table, u_data: np.ndarray) -> None:
     ts = ml100k.column("ts").to_numpy()
     assert (np.diff(ts) >= 0).all()
     assert (ts % 1000 == 0).all()
-    assert ts.min() == read_u_data()[:, 3].min() * 1000
+    assert ts.min() == u_data[:, 3].min() * 1000
 
 
-def test_ml100k_labels_follow_the_rule(ml100k: pa.Table) -> None:
-    ratings = read_u_data()
+def test_ml100k_labels_follow_the_rule(ml100k: pa.Table, u_data: np.ndarray) -> None:
+    ratings = u_data
     rating_of = {(u, i, t * 1000): r for u, i, r, t in ratings[:: len(ratings) // 50].tolist()}
     rows = ml100k.select(["user_id", "item_id", "ts", "label"]).to_pylist()
     checked = 0
@@ -202,12 +196,12 @@ def test_non_ascii_title_needs_latin1(tmp_path: Path) -> None:
     assert import_movielens(folder).num_rows == 4
 
 
-def test_missing_ratings_file_is_named() -> None:
-    if not ML1M_PARTIAL.is_dir():
-        pytest.skip(f"partial MovieLens-1M not found at {ML1M_PARTIAL}")
+def test_missing_ratings_file_is_named(tmp_path: Path) -> None:
+    partial = write_ml1m(tmp_path / "ml-1m")
+    (partial / "ratings.dat").unlink()  # users.dat and movies.dat only, as a partial copy has
     with pytest.raises(DataFormatError, match="ML-1M layout is missing ratings.dat") as caught:
-        import_movielens(ML1M_PARTIAL)
-    assert str(ML1M_PARTIAL) in str(caught.value)
+        import_movielens(partial)
+    assert str(partial) in str(caught.value)
 
 
 def test_missing_files_listed_per_layout(tmp_path: Path) -> None:
