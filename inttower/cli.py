@@ -45,6 +45,12 @@ def _cmd_data_movielens(args: argparse.Namespace) -> None:
     import_movielens_log(Path(args.paths[0]), Path(args.paths[1]), _config(args.config))
 
 
+def _cmd_data_table(args: argparse.Namespace) -> None:
+    from inttower.commands import import_table_log
+
+    import_table_log(Path(args.path), Path(args.out), _config(args.config))
+
+
 def _cmd_broker(args: argparse.Namespace) -> None:
     from inttower.commands import run_local_broker
 
@@ -134,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, help="random seed (default: [data.synthetic] seed)")
     syn.add_argument("--config", help="TOML config ([data.synthetic] sets the generator)")
     syn.set_defaults(run=_cmd_data_synthetic)
+    tab = sources.add_parser("table", help="your own click log (CSV, Parquet or JSON lines) -> time-ordered click log")
+    tab.add_argument("path", help="CSV/TSV, Parquet or JSON-lines file (format by extension or [data.table] format)")
+    tab.add_argument("out", help="output Parquet file")
+    tab.add_argument("--config", required=True, help="TOML config ([data.table] maps your columns onto the click log)")
+    tab.set_defaults(run=_cmd_data_table)
 
     train = commands.add_parser("train", help="the long-running training daemon (Kafka -> online IntTower)")
     train.add_argument("--config", help="TOML config ([stream], [model], [train], [online], [daemon])")

@@ -8,17 +8,29 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
 from inttower.config import AppConfig
 from inttower.errors import UserError
 from stream.clicklog import write_click_log
 from stream.datasets import data_home, download_movielens
 from stream.movielens import import_movielens
 from stream.synthetic import generate_synthetic_log
+from stream.table_import import import_table
 
 
 def import_movielens_log(path: Path, out: Path, config: AppConfig) -> None:
     started = time.perf_counter()
-    table = import_movielens(path, config.data.movielens)
+    _write_imported(import_movielens(path, config.data.movielens), out, started)
+
+
+def import_table_log(path: Path, out: Path, config: AppConfig) -> None:
+    """`inttower data table`: a user's CSV / Parquet / JSON-lines log, mapped by ``[data.table]``."""
+    started = time.perf_counter()
+    _write_imported(import_table(path, config.data.table), out, started)
+
+
+def _write_imported(table: pa.Table, out: Path, started: float) -> None:
     write_click_log(table, out)
     positives = sum(table.column("label").to_pylist())
     print(

@@ -26,6 +26,7 @@ from monitoring.config import MonitoringConfig
 from stream.config import StreamConfig
 from stream.movielens import MovieLensImport
 from stream.synthetic import SyntheticLogConfig
+from stream.table_import import TableImport
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DataConfig:
 
     movielens: MovieLensImport = field(default_factory=MovieLensImport)
     synthetic: SyntheticLogConfig = field(default_factory=SyntheticLogConfig)
+    table: TableImport = field(default_factory=TableImport)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from index_sync.sync import IndexSync, SyncReport
+from inttower.errors import UserError
 from model.online import SKIP_NON_FINITE_GRADIENT, SKIP_NON_FINITE_LOSS, StepResult
 from monitoring.config import MonitoringConfig
 from monitoring.drift import LoglossDriftDetector
@@ -117,6 +118,17 @@ class Telemetry:
         self._server = None
 
     def serve(self) -> int:
+        """Start the metrics endpoint; a port already in use is a `UserError` naming the setting."""
+        try:
+            return self._serve()
+        except OSError as exc:
+            port = self.config.port + (self.rank or 0) if self.config.port else 0
+            raise UserError(
+                f"cannot serve metrics on {self.config.host}:{port} ({exc.strerror or exc}); "
+                "set [monitoring] port to a free port, or 0 for any free one"
+            ) from None
+
+    def _serve(self) -> int:
         if self.rank is None:
             self.port = self.metrics.serve(self.config.host, self.config.port)
             log.info("metrics on http://%s:%d/metrics", self.config.host, self.port)
