@@ -264,11 +264,16 @@ class TrainingDaemon:
         if partitions is not None:
             stream = replace(stream, assignment="static")
             self.offsets = {p: o for p, o in self.offsets.items() if p in partitions}
-        if self.telemetry is not None:  # before the consumer: a port in use fails without a group to leave
-            self.telemetry.serve()
         consumer = ClickStreamConsumer(stream, self.schema, start_offsets=dict(self.offsets), partitions=partitions)
         dead_letters = DeadLetterWriter(self.config.stream)
         self._last_event = time.monotonic()
+        if self.telemetry is not None:
+            try:
+                self.telemetry.serve()
+            except UserError:  # the metrics port is taken: leave the group before saying so
+                consumer.close()
+                dead_letters.close()
+                raise
         if self.index_sync is not None:
             self.index_sync.start()
         agreed_stop, busy, between_iterations = False, False, True
