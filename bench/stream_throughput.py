@@ -1,6 +1,6 @@
 """End-to-end streaming throughput vs the offline step rate of the same model.
 
-    python -m bench.stream_throughput [--events 100000] [--batch 2048] [--model inttower]
+    python -m bench.stream_throughput [--events 100000] [--batch 2048] [--model inttower] [--rounds 1]
 
 For JSON and for Arrow messages: the synthetic log is replayed into a 4-partition topic
 on the embedded broker first, then consumed, decoded, feature-encoded and trained on
@@ -9,18 +9,31 @@ model on the same batches held in memory gives the offline rate; the ratio says 
 much of the trainer's capacity the streaming path costs. Time shares: waiting for the
 next decoded batch (consuming and decoding run in a background thread, so only what is
 not overlapped shows), feature encoding (hashing), and the training step.
+
+JSON runs twice, from the same topic: with the decoder's msgspec fast path, and with the
+reference path only (Python's ``json`` and field-by-field checks, the decoder as it was
+before the fast path), so the two are compared side by side under the same load. A
+shared machine drifts, so every path runs once per round (``--rounds``, interleaved),
+the offline rate before each round and after the last, and the table shows medians.
+The last column is the decoder alone (`decode_messages` on the same messages held in
+memory, thread CPU time): events per second on one core.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+import stream.json_events
 from inttower.daemon import event_schema
 from model.build import build_model
 from model.config import ModelConfig, OnlineConfig, TrainConfig
@@ -28,6 +41,7 @@ from model.device import resolve_device
 from model.features import FeatureEncoder
 from model.online import OnlineTrainer
 from stream.broker import EmbeddedBroker, create_topic
+from stream.codec import ARROW_HEADERS, JSON_HEADERS, RawMessage, decode_messages, encode_arrow_batch, table_to_json_events
 from stream.config import StreamConfig
 from stream.consumer import ClickStreamConsumer
 from stream.replay import replay
@@ -90,36 +104,87 @@ def streaming_rate(stream: StreamConfig, events: int, kind: str, device: torch.d
     return {"rate": seen / total, "wait": wait / total, "encode": encode / total, "step": step / total}
 
 
+@contextmanager
+def json_decoding(fast: bool) -> Iterator[None]:
+    """Decode JSON with (True) or without (False) the msgspec fast path while the block runs."""
+    saved = stream.json_events.USE_FAST_PATH
+    stream.json_events.USE_FAST_PATH = fast
+    try:
+        yield
+    finally:
+        stream.json_events.USE_FAST_PATH = saved
+
+
+def decode_rate(table, fmt: str, batch: int) -> float:
+    """Events per CPU-second of `decode_messages` alone, on the messages replay would produce."""
+    schema = event_schema(ModelConfig().features)
+    if fmt == "arrow":
+        values = [encode_arrow_batch(table.slice(s, batch)) for s in range(0, table.num_rows, batch)]
+        messages = [RawMessage(0, i, v, list(ARROW_HEADERS), 0) for i, v in enumerate(values)]
+        step = 1
+    else:
+        messages = [RawMessage(0, i, v, list(JSON_HEADERS), 0) for i, v in enumerate(table_to_json_events(table))]
+        step = batch
+    started = time.thread_time()
+    for s in range(0, len(messages), step):
+        decode_messages(messages[s : s + step], schema, 1 << 30)
+    return table.num_rows / (time.thread_time() - started)
+
+
+#: (label, wire format, JSON fast path on) of each streaming path, run in this order in every round.
+PATHS: tuple[tuple[str, str, bool], ...] = (
+    ("json, reference path (stdlib json)", "json", False),
+    ("json", "json", True),
+    ("arrow", "arrow", True),
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--model", default="inttower", choices=("inttower", "two_tower", "lr"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every path; medians are printed")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     table = generate_synthetic_log(SyntheticLogConfig(events=args.events, seed=0))
     print(f"{args.events} synthetic events, {args.model}, batch {args.batch}, device {device}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    offline = offline_rate(table, args.batch, args.model, device)
-    rows = []
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), {args.rounds} round(s)")
+    offline: list[float] = []
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in PATHS}
+    produce_rate: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
         for fmt in ("json", "arrow"):
-            topic = f"throughput-{fmt}"
-            create_topic(broker.bootstrap, topic, PARTITIONS)
-            stream = StreamConfig(bootstrap_servers=(broker.bootstrap,), topic=topic, group_id=f"bench-{fmt}",
-                                  dead_letter_topic=f"{topic}.dlq", max_batch_events=args.batch,
-                                  session_timeout_ms=2000, heartbeat_interval_ms=500)
-            produced = replay(table, stream, fmt=fmt, arrow_batch_events=args.batch, progress=False)
-            result = streaming_rate(stream, args.events, args.model, device)
-            rows.append((fmt, produced.events_per_s, result))
-    print("\n| path | events/s | ratio to offline | waiting for batches | feature encoding | train step | (replay produce events/s) |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| offline (same batches in memory) | {offline:,.0f} | 1.00 | - | - | 100% | - |")
-    for fmt, produce_rate, r in rows:
-        print(f"| Kafka {fmt} -> decode -> step | {r['rate']:,.0f} | {r['rate'] / offline:.2f} | {r['wait']:.0%} | "
-              f"{r['encode']:.0%} | {r['step']:.0%} | {produce_rate:,.0f} |")
-    print("(a step = prequential scoring in eval mode + one Adam step, as in the daemon)")
+            create_topic(broker.bootstrap, f"throughput-{fmt}", PARTITIONS)
+            produce_rate[fmt] = replay(table, _stream(broker.bootstrap, fmt, "replay", args.batch), fmt=fmt,
+                                       arrow_batch_events=args.batch, progress=False).events_per_s
+        for round_ in tqdm(range(args.rounds), desc="rounds", disable=args.rounds == 1):
+            offline.append(offline_rate(table, args.batch, args.model, device))
+            for i, (label, fmt, fast) in enumerate(PATHS):
+                with json_decoding(fast):
+                    stream = _stream(broker.bootstrap, fmt, f"bench-{round_}-{i}", args.batch)
+                    results[label].append(streaming_rate(stream, args.events, args.model, device))
+    offline.append(offline_rate(table, args.batch, args.model, device))
+    offline_rate_ = statistics.median(offline)
+    print("\n| path | events/s | ratio to offline | waiting for batches | feature encoding | train step "
+          "| (replay produce events/s) | (decoder alone, events/s on one core) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| offline (same batches in memory; runs {', '.join(f'{r:,.0f}' for r in offline)}) | "
+          f"{offline_rate_:,.0f} | 1.00 | - | - | 100% | - | - |")
+    for label, fmt, fast in PATHS:
+        r = {key: statistics.median(run[key] for run in results[label]) for key in results[label][0]}
+        with json_decoding(fast):
+            decoder = decode_rate(table, fmt, args.batch)
+        print(f"| Kafka {label} -> decode -> step | {r['rate']:,.0f} | {r['rate'] / offline_rate_:.2f} | {r['wait']:.0%} | "
+              f"{r['encode']:.0%} | {r['step']:.0%} | {produce_rate[fmt]:,.0f} | {decoder:,.0f} |")
+    print("(a step = prequential scoring in eval mode + one Adam step, as in the daemon; medians over rounds)")
+
+
+def _stream(bootstrap: str, fmt: str, group_id: str, batch: int) -> StreamConfig:
+    topic = f"throughput-{fmt}"
+    return StreamConfig(bootstrap_servers=(bootstrap,), topic=topic, group_id=group_id, dead_letter_topic=f"{topic}.dlq",
+                        max_batch_events=batch, session_timeout_ms=2000, heartbeat_interval_ms=500)
 
 
 if __name__ == "__main__":

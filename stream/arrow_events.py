@@ -7,13 +7,18 @@ schema, so good rows never go through Python one by one:
 
 - an unreadable stream is one ``invalid_arrow`` reject;
 - an unusable *schema* (a required column missing, or of a type that cannot hold the
-  field: ``event_id`` must be a string type, ``ts``/``user_id``/``item_id``/``label``
-  integer types) is one ``missing_field``/``wrong_type`` reject for the whole message;
-- row-level problems (a null identity value or ``user``/``item`` struct, a label not
-  0/1, a non-finite numeric feature) reject that row alone, with the first of
-  missing_field, bad_label, non_finite. Its payload is the row as JSON (non-finite
-  numbers written as "NaN", "Infinity", "-Infinity" so it stays valid JSON) with the
-  message's partition and offset; the message's good rows pass.
+  field: ``event_id`` must be a string type, ``ts``/``label`` integer types,
+  ``user_id``/``item_id`` integer or string types, dictionary-encoded too) is one
+  ``missing_field``/``wrong_type`` reject for the whole message;
+- row-level problems (a null identity value or ``user``/``item`` struct, an empty string
+  ``event_id``/``user_id``/``item_id``, a label not 0/1, a non-finite numeric feature)
+  reject that row alone, with the first of missing_field, bad_label, non_finite. Its
+  payload is the row as JSON with the caller's ids (non-finite numbers written as "NaN",
+  "Infinity", "-Infinity" so it stays valid JSON) with the message's partition and
+  offset; the message's good rows pass.
+
+Caller ids become int64 index ids with `stream.ids.to_index_ids`, one call per column of
+a message (integer ids in [0, 2**56) stay themselves; other integers and strings hash).
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stream.events import REQUIRED_STRUCTS, EventField, EventSchema
+from stream.ids import caller_keys, is_id_type, to_index_ids
 from stream.wire import (
     BAD_LABEL,
     COMPACT_SEPARATORS,
+    ID_FIELDS,
     INTEGER_FIELDS,
     INVALID_ARROW,
     MISSING_FIELD,
@@ -68,7 +75,7 @@ def decode_arrow_message(message: RawMessage, schema: EventSchema, target: pa.Sc
     except _MessageProblem as problem:
         rejects.append(Reject(problem.reason, message.partition, message.offset, message.value, problem.detail))
     except (pa.ArrowException, ValueError, TypeError) as exc:
-        # A cast that cannot hold the values (uint64 ids beyond int64, ...): the message's types are unusable.
+        # A cast that cannot hold the values (a uint64 ts beyond int64, ...): the message's types are unusable.
         rejects.append(Reject(WRONG_TYPE, message.partition, message.offset, message.value, f"Arrow values cannot be converted: {exc}"))
     return None
 
@@ -123,6 +130,32 @@ def _invalid(values: pa.Array) -> pa.Array | None:
     return pc.is_null(values) if values.null_count else None
 
 
+def _empty_string(values: pa.Array) -> pa.Array | None:
+    """Mask of empty strings (an empty id is a missing one); None if there are none."""
+    if pa.types.is_dictionary(values.type):
+        if not _is_string(values.type.value_type):
+            return None
+        values = values.dictionary_decode()
+    elif not _is_string(values.type):
+        return None
+    mask = pc.fill_null(pc.equal(pc.binary_length(values), 0), False)
+    return mask if pc.any(mask).as_py() else None
+
+
+def _filled(values: pa.Array) -> pa.Array:
+    """Null ids replaced by a placeholder: their rows are rejected as missing_field anyway."""
+    if values.null_count:
+        if pa.types.is_dictionary(values.type):
+            values = values.dictionary_decode()
+        values = pc.fill_null(values, pa.scalar("" if _is_string(values.type) else 0, values.type))
+    return values
+
+
+def _index_ids(values: pa.Array) -> pa.Array:
+    """Caller ids (an integer or string column) -> int64 index ids, vectorised."""
+    return pa.array(to_index_ids(_filled(values)), pa.int64())
+
+
 def _non_finite(values: pa.Array) -> pa.Array | None:
     """Mask of non-finite floats (null where the value is null -> treated as False)."""
     if not pa.types.is_floating(values.type):
@@ -138,6 +171,7 @@ def _validate_arrow(
     rows = source.num_rows
     event_id = _column(source, "event_id", "a string type", _is_string)
     integers = {name: _column(source, name, "an integer type", pa.types.is_integer) for name in INTEGER_FIELDS}
+    ids = {name: _column(source, name, "an integer or string type", is_id_type) for name in ID_FIELDS}
     label = _column(source, "label", "an integer type", pa.types.is_integer)
     structs: dict[str, pa.Array | None] = {}
     for struct in schema.structs:
@@ -150,13 +184,14 @@ def _validate_arrow(
 
     # Row masks, by reason (the first failing check in REASON order wins per row).
     missing: pa.Array | None = None
-    for values in (event_id, *integers.values(), label):
+    for values in (event_id, *integers.values(), *ids.values(), label):
         mask = _invalid(values)
         if mask is not None:
             missing = _or(missing, mask)
-    empty_id = pc.fill_null(pc.equal(pc.binary_length(event_id), 0), False)
-    if pc.any(empty_id).as_py():
-        missing = _or(missing, empty_id)
+    for values in (event_id, *ids.values()):
+        mask = _empty_string(values)
+        if mask is not None:
+            missing = _or(missing, mask)
     for struct in REQUIRED_STRUCTS:
         mask = _invalid(structs[struct])  # type: ignore[arg-type]
         if mask is not None:
@@ -180,9 +215,11 @@ def _validate_arrow(
     columns: list[pa.Array] = [
         pc.cast(event_id, pa.string()),
         *(pc.cast(integers[name], pa.int64()) for name in INTEGER_FIELDS),
+        *(_index_ids(ids[name]) for name in ID_FIELDS),
     ]
     # label may hold values other than 0/1 in rows about to be rejected: cast without overflow checks.
     columns.append(pc.cast(label, pa.int8(), safe=False))
+    columns.append(caller_keys(_filled(ids["item_id"]), columns[3].to_numpy()))
     for struct in schema.structs:
         columns.append(struct_array(children[struct], target.field(struct).type, rows))
     table = pa.Table.from_arrays(columns, schema=target)
@@ -245,7 +282,7 @@ def _reject_rows(
 
 def _row_detail(reason: str, row: dict[str, Any]) -> str:
     if reason == MISSING_FIELD:
-        absent = [k for k in ("event_id", *INTEGER_FIELDS, "label", *REQUIRED_STRUCTS) if row.get(k) in (None, "")]
+        absent = [k for k in ("event_id", *INTEGER_FIELDS, *ID_FIELDS, "label", *REQUIRED_STRUCTS) if row.get(k) in (None, "")]
         return f"missing {', '.join(absent)}"
     if reason == BAD_LABEL:
         return f"label must be the integer 0 or 1, got {show_value(row.get('label'))}"

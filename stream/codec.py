@@ -17,36 +17,51 @@ user_id, item_id, label, user, item, context; the first failing check names the 
 an Arrow row with several problems gets the first of missing_field, bad_label,
 non_finite.
 
+**Ids.** ``user_id`` and ``item_id`` are caller ids: a non-empty string (UUID, hex hash,
+ASIN, ...) or an integer. Decoded tables hold int64 *index ids*, mapped once per batch
+by `stream.ids.to_index_ids` (integers in [0, 2**56) and their canonical decimal strings
+are themselves, so 42 and "42" are one id; anything else is hashed). An integer id must
+fit 64 bits (int64 or uint64, what an Arrow integer column holds); a longer one is
+``wrong_type``: send such ids as strings. An empty string id is ``missing_field``, like
+an empty ``event_id``: it names nobody. ``ts`` stays an int64 integer.
+
 ``oversize``      the message is longer than ``max_message_bytes`` (checked before parsing)
-``invalid_json``  not parseable JSON (or a JSON message that is not an object)
+``invalid_json``  not parseable JSON (or a JSON message that is not an object), or a
+                  string with an unpaired surrogate escape (``"\\ud800"``: not Unicode)
 ``invalid_arrow`` not a readable Arrow IPC stream
 ``missing_field`` a required top-level field (identity column, ``user``, ``item``) is
-                  absent or null, or ``event_id`` is empty
-``wrong_type``    a value of the wrong type: ``event_id`` not a string, ``ts``/``user_id``/
-                  ``item_id`` not an integer (floats and bools included) or outside int64,
-                  a struct that is not an object, a categorical that is not a string or
-                  integer, a multi-categorical that is not a list of them, a numeric that
-                  is not a number (strings and bools included)
+                  absent or null, or ``event_id``/``user_id``/``item_id`` is an empty string
+``wrong_type``    a value of the wrong type: ``event_id`` not a string, ``ts`` not an
+                  integer (floats and bools included) or outside int64, ``user_id``/
+                  ``item_id`` neither a string nor an integer (floats, bools, lists and
+                  objects included) or an integer beyond 64 bits, a struct that is not
+                  an object, a categorical that is not a string or integer, a
+                  multi-categorical that is not a list of them, a numeric that is not a
+                  number (strings and bools included)
 ``bad_label``     ``label`` is present but not the integer 0 or 1. Deliberately strict
                   and uniform: ``true``, ``1.0`` and ``"1"`` are all ``bad_label``
 ``non_finite``    NaN or +-Infinity anywhere a number is read (Python's ``json.loads``
                   accepts the ``NaN``/``Infinity`` literals, so they are checked)
 
 Null feature values are allowed (missing), as are null elements inside a
-multi-categorical list; unknown keys are ignored. Categorical integers become their
-decimal string (so 42 and "42" are one value for the model's hashing).
+multi-categorical list; unknown keys are ignored; a repeated key counts with its last
+value (as in Python's ``json``). Categorical integers become their decimal string (so 42
+and "42" are one value for the model's hashing). JSON is read by msgspec into typed
+structs where that gives the same answer, and by Python's ``json`` with field-by-field
+checks otherwise; the latter alone names reject reasons (`stream.json_events`).
 
 Arrow messages: an unreadable stream is one ``invalid_arrow`` reject. A readable stream
 whose *schema* is unusable (a required column missing, or of a type that cannot hold the
-field; identity columns must be a string type for ``event_id`` and integer types for
-``ts``, ``user_id``, ``item_id`` and ``label``, so a float label *column* is a
-``wrong_type`` message) is one ``missing_field``/``wrong_type`` reject for the whole
-message. Row-level problems (a null identity value or ``user``/``item`` struct, a label
-not 0/1, a non-finite numeric feature) reject that row alone: its payload is the row as
-JSON (non-finite numbers written as the strings "NaN", "Infinity", "-Infinity" so the
-payload stays valid JSON), with the message's partition and offset; the message's good
-rows pass. Arrow validation is vectorised with
-pyarrow.compute, so good rows never go through Python one by one.
+field; identity columns must be a string type for ``event_id``, integer types for ``ts``
+and ``label``, and integer, string, large_string or dictionary-of-string types for
+``user_id``/``item_id``, so a float label *column* is a ``wrong_type`` message) is one
+``missing_field``/``wrong_type`` reject for the whole message. Row-level problems (a null
+identity value or ``user``/``item`` struct, an empty string id, a label not 0/1, a
+non-finite numeric feature) reject that row alone: its payload is the row as JSON, with
+the caller's ids (non-finite numbers written as the strings "NaN", "Infinity",
+"-Infinity" so the payload stays valid JSON), with the message's partition and offset;
+the message's good rows pass. Arrow validation is vectorised with pyarrow.compute, so
+good rows never go through Python one by one.
 
 Layout: this module is the public face of the wire format: the encoders, sniffing
 (`is_arrow`, `count_events`) and the `decode_messages` dispatcher, and it re-exports
@@ -57,9 +72,8 @@ messages, vectorised). Import from `stream.codec`.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -67,7 +81,7 @@ import pyarrow as pa
 
 from stream.arrow_events import decode_arrow_message
 from stream.events import EventSchema
-from stream.json_events import JsonColumns, plan_structs
+from stream.json_events import JsonColumns, JsonPlan, plan_json
 from stream.wire import (
     ARROW_CONTENT_TYPE,
     ARROW_HEADERS,
@@ -78,6 +92,7 @@ from stream.wire import (
     DETAIL_VALUE_CHARS,
     INT64_MAX,
     INT64_MIN,
+    ID_FIELDS,
     INTEGER_FIELDS,
     INVALID_ARROW,
     INVALID_JSON,
@@ -87,6 +102,7 @@ from stream.wire import (
     NON_FINITE,
     OVERSIZE,
     REJECT_REASONS,
+    UINT64_MAX,
     WRONG_TYPE,
     Decoded,
     RawMessage,
@@ -102,7 +118,9 @@ __all__ = [  # the public API: every name other modules import from here
     "DETAIL_VALUE_CHARS",
     "INT64_MAX",
     "INT64_MIN",
+    "ID_FIELDS",
     "INTEGER_FIELDS",
+    "UINT64_MAX",
     "INVALID_ARROW",
     "INVALID_JSON",
     "JSON_CONTENT_TYPE",
@@ -191,32 +209,46 @@ def decode_messages(messages: Sequence[RawMessage], schema: EventSchema, max_mes
     one Arrow message keep their order); rejects are listed in message order too.
     """
     target = schema.arrow_schema()
-    plan = plan_structs(schema)
+    plan = plan_json(schema)
     rejects: list[Reject] = []
     parts: list[pa.Table] = []
-    columns = JsonColumns(plan)
     valid: Counter[int] = Counter()
+    run: list[RawMessage] = []  # consecutive JSON messages, decoded in one call
+
+    def flush_json() -> None:
+        if run:
+            parts.append(_decode_json_run(run, plan, target, rejects, valid))
+            run.clear()
+
     for message in messages:
         if len(message.value) > max_message_bytes:
+            flush_json()  # keeps rejects in message order
             rejects.append(
                 Reject(OVERSIZE, message.partition, message.offset, message.value,
                        f"{len(message.value)} bytes > max_message_bytes {max_message_bytes}")
             )
         elif is_arrow(message):
-            if columns.rows:
-                parts.append(columns.to_table(target))
-                columns = JsonColumns(plan)
+            flush_json()
             table = decode_arrow_message(message, schema, target, rejects)
             if table is not None and table.num_rows:
                 parts.append(table)
                 valid[message.partition] += table.num_rows
         else:
-            problem = columns.add(message.value)
-            if problem is not None:
-                rejects.append(Reject(problem[0], message.partition, message.offset, message.value, problem[1]))
-            else:
-                valid[message.partition] += 1
-    if columns.rows or not parts:
-        parts.append(columns.to_table(target))
+            run.append(message)
+    flush_json()
+    parts = [part for part in parts if part.num_rows] or [JsonColumns(plan).to_table(target)]
     table = parts[0] if len(parts) == 1 else pa.concat_tables(parts).combine_chunks()
-    return Decoded(table, rejects, dict(valid))
+    return Decoded(table, rejects, {partition: n for partition, n in valid.items() if n})
+
+
+def _decode_json_run(
+    run: list[RawMessage], plan: JsonPlan, target: pa.Schema, rejects: list[Reject], valid: Counter[int]
+) -> pa.Table:
+    """Valid events of consecutive JSON messages as one table; their rejects and valid counts are added."""
+    columns = JsonColumns(plan)
+    valid.update(message.partition for message in run)
+    for index, reason, detail in columns.add_messages([message.value for message in run]):
+        message = run[index]
+        rejects.append(Reject(reason, message.partition, message.offset, message.value, detail))
+        valid[message.partition] -= 1
+    return columns.to_table(target)

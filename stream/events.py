@@ -5,7 +5,9 @@ turns it into an `EventSchema` so this package never imports the model. The sche
 the decoded table's Arrow schema, whatever the wire format (JSON or Arrow IPC) and
 whatever types a producer used, so every `Batch` the consumer hands out has one schema:
 
-* the five identity columns of `stream.clicklog.IDENTITY_COLUMNS`;
+* the five identity columns of `stream.clicklog.IDENTITY_COLUMNS` (``user_id`` and
+  ``item_id`` as int64 index ids, `stream.ids`), then ``item_key``: the caller's item id
+  as a string where it differs from the index id (string ids), null otherwise;
 * struct columns ``user`` and ``item`` (and ``context`` only if a field uses it), each
   holding exactly the schema's fields of that struct, in schema order;
 * categorical values as strings (the model hashes a value's string form, so the integer
@@ -29,6 +31,8 @@ from stream.clicklog import IDENTITY_COLUMNS
 FieldKind = Literal["categorical", "multi_categorical", "numeric"]
 StructName = Literal["user", "item", "context"]
 
+#: Decoded tables' column of the caller's item ids where they are not their own index ids.
+ITEM_KEY_COLUMN = "item_key"
 #: Struct columns in the order they appear in decoded tables.
 STRUCT_ORDER: tuple[StructName, ...] = ("user", "item", "context")
 #: Structs every event must carry; ``context`` is optional.
@@ -115,6 +119,7 @@ class EventSchema:
     def arrow_schema(self) -> pa.Schema:
         """The fixed schema of every decoded table (see the module docstring)."""
         columns = [pa.field(name, tp) for name, tp in IDENTITY_COLUMNS.items()]
+        columns.append(pa.field(ITEM_KEY_COLUMN, pa.string()))
         columns += [pa.field(s, self.struct_type(s)) for s in self.structs]
         return pa.schema(columns)
 

@@ -50,7 +50,7 @@ def _as_arrow(values: IdValues) -> pa.Array:
         return values
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # ints and strings mixed in one list
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # mixed ints and strings, or ints past int64
         return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
@@ -88,6 +88,21 @@ def to_index_ids(values: IdValues) -> np.ndarray:
         strings = pc.filter(array, pa.array(hashed)).to_numpy(zero_copy_only=False)
         out[hashed] = _hash_strings(strings.astype(object))
     return out
+
+
+def caller_keys(caller_ids: pa.Array, index_ids: np.ndarray) -> pa.Array:
+    """The caller's ids as strings where they differ from their index ids, null where equal.
+
+    What a reader needs to answer in the caller's ids (`index_sync.keys.ItemKeys`): null
+    for every small integer id (logs with integer ids carry no keys at all).
+    """
+    if pa.types.is_dictionary(caller_ids.type):
+        caller_ids = caller_ids.dictionary_decode()
+    if pa.types.is_integer(caller_ids.type) and (len(index_ids) == 0 or np.array_equal(caller_ids.to_numpy(zero_copy_only=False), index_ids)):
+        return pa.nulls(len(caller_ids), pa.string())
+    as_text = pc.cast(caller_ids, pa.string())
+    same = pc.equal(as_text, pc.cast(pa.array(index_ids, pa.int64()), pa.string()))
+    return pc.if_else(same, pa.scalar(None, pa.string()), as_text)
 
 
 def to_index_id(value: str | int) -> int:

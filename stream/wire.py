@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
+from stream.clicklog import ID_COLUMNS
+
 # ---- wire-format identification
 CONTENT_TYPE_HEADER = "content-type"
 JSON_CONTENT_TYPE = b"application/json"
@@ -35,8 +37,14 @@ NON_FINITE = "non_finite"
 REJECT_REASONS: tuple[str, ...] = (OVERSIZE, INVALID_JSON, INVALID_ARROW, MISSING_FIELD, WRONG_TYPE, BAD_LABEL, NON_FINITE)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-#: Top-level integer fields of an event, in the order they are checked.
-INTEGER_FIELDS: tuple[str, ...] = ("ts", "user_id", "item_id")
+#: Largest integer id a JSON message may carry: an integer id must fit 64 bits (int64 or
+#: uint64, what an Arrow integer column holds); a longer one must be sent as a string.
+UINT64_MAX = 2**64 - 1
+#: Top-level fields that must be integers (int64), in the order they are checked.
+INTEGER_FIELDS: tuple[str, ...] = ("ts",)
+#: Caller-id fields (integers or strings), checked after `INTEGER_FIELDS`, mapped to int64
+#: index ids by `stream.ids.to_index_ids`.
+ID_FIELDS: tuple[str, ...] = ID_COLUMNS
 #: Characters of a value quoted in a reject's detail.
 DETAIL_VALUE_CHARS = 60
 #: ``json.dumps`` separators for compact messages and reject payloads.

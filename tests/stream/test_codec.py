@@ -50,6 +50,7 @@ def normalised(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(
         [
             *(table.column(n).combine_chunks() for n in ("event_id", "ts", "user_id", "item_id", "label")),
+            pa.nulls(table.num_rows, pa.string()),  # item_key: integer ids are their own index ids
             pa.StructArray.from_arrays(
                 [pc.cast(pc.struct_field(user, n), pa.string()).combine_chunks() for n in ("user_id", "segment", "age_bucket", "device")],
                 names=["user_id", "segment", "age_bucket", "device"],

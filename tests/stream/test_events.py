@@ -18,7 +18,8 @@ def test_arrow_schema_has_identity_columns_and_typed_structs() -> None:
         [("segment", "categorical", "user"), ("tags", "multi_categorical", "item"), ("price", "numeric", "item")]
     )
     arrow = schema.arrow_schema()
-    assert arrow.names == [*IDENTITY_COLUMNS, "user", "item"]
+    assert arrow.names == [*IDENTITY_COLUMNS, "item_key", "user", "item"]
+    assert arrow.field("item_key").type == pa.string()  # the caller's item id where it is not the index id
     assert arrow.field("user").type == pa.struct([("segment", pa.string())])
     assert arrow.field("item").type == pa.struct([("tags", pa.list_(pa.string())), ("price", pa.float64())])
 
