@@ -5,20 +5,26 @@ stored vectors: FE-Block sum-of-max for IntTower, the inner product for Two-Towe
 paper's O(N + kM) serving shape. `retrieve` is multi-vector retrieval as ColBERT does
 late interaction: every user head searches all item heads, the union of the hits is
 re-scored exactly. Every result names the index version it read.
+
+Ids are the caller's: `score` takes candidate ids as strings or integers (mapped to index
+ids by `stream.ids.to_index_ids`, as the decoders map the stream's ids) and returns them
+as asked; `retrieve` answers in the caller's ids through the snapshot's `ItemKeys`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from index_sync.keys import ItemKeys
 from index_sync.version import IndexVersion, items_of
 from model.base import PreRanker
 from model.features import FeatureEncoder
+from stream.ids import to_index_ids
 
 #: Hits per user head in `retrieve`, as a multiple of k (more = better recall, slower).
 HITS_PER_HEAD_FACTOR = 4
@@ -30,12 +36,13 @@ class ServingSnapshot:
 
     version: IndexVersion
     model: PreRanker
+    keys: ItemKeys | None = None  # caller ids behind index ids; None: every id is its own
 
 
 @dataclass(frozen=True)
 class Scores:
     version: int
-    item_ids: np.ndarray  # as asked
+    item_ids: list  # the caller's ids, as asked
     probabilities: np.ndarray  # NaN where unknown
     known: np.ndarray  # False: the id is not in this version (flagged, not an error)
 
@@ -43,8 +50,9 @@ class Scores:
 @dataclass(frozen=True)
 class Retrieved:
     version: int
-    item_ids: np.ndarray  # best first
+    item_ids: list  # the caller's ids, best first
     probabilities: np.ndarray
+    index_ids: np.ndarray  # the same items' index ids
 
 
 class IndexNotReadyError(RuntimeError):
@@ -72,17 +80,20 @@ class Reader:
         return model.encode_user(self.encoder.encode_tower(user_features, "user"))
 
     @torch.no_grad()
-    def score(self, user_features: pa.Table, candidate_ids: np.ndarray) -> Scores:
-        """Click probabilities of one user (a one-row table with its ``user`` struct) for candidates."""
+    def score(self, user_features: pa.Table, candidate_ids: Sequence[str | int] | np.ndarray) -> Scores:
+        """Click probabilities of one user (a one-row table with its ``user`` struct) for candidates.
+
+        ``candidate_ids``: the caller's item ids (strings or integers), as in the stream.
+        """
         snapshot = self._snapshot()
-        candidate_ids = np.asarray(candidate_ids, dtype=np.int64)
+        asked = candidate_ids.tolist() if isinstance(candidate_ids, np.ndarray) else list(candidate_ids)
         user = self._user(snapshot.model, user_features)
-        vectors, known = snapshot.version.vectors(candidate_ids)
-        probabilities = np.full(candidate_ids.size, np.nan, dtype=np.float64)
+        vectors, known = snapshot.version.vectors(to_index_ids(asked) if asked else np.zeros(0, np.int64))
+        probabilities = np.full(len(asked), np.nan, dtype=np.float64)
         if known.any():
             logits = snapshot.model.score(user, torch.from_numpy(vectors[known]))
             probabilities[known] = torch.sigmoid(logits).numpy()
-        return Scores(snapshot.version.version, candidate_ids, probabilities, known)
+        return Scores(snapshot.version.version, asked, probabilities, known)
 
     @torch.no_grad()
     def retrieve(self, user_features: pa.Table, k: int) -> Retrieved:
@@ -93,10 +104,12 @@ class Reader:
         queries = np.ascontiguousarray(user.reshape(-1, version.dim).numpy(), dtype=np.float32)
         hits = min(version.item_count * version.heads, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
         if hits == 0:
-            return Retrieved(version.version, np.zeros(0, np.int64), np.zeros(0))
+            return Retrieved(version.version, [], np.zeros(0), np.zeros(0, np.int64))
         rows = version.search(queries, hits)
         candidates = np.unique(items_of(rows[rows >= 0], version.heads))
         vectors, _ = version.vectors(candidates)
         logits = snapshot.model.score(user, torch.from_numpy(vectors)).numpy()
-        best = np.argsort(-logits, kind="stable")[:k]
-        return Retrieved(version.version, candidates[best], 1.0 / (1.0 + np.exp(-logits[best])))
+        order = np.argsort(-logits, kind="stable")[:k]
+        best = candidates[order]
+        caller_ids = snapshot.keys.caller_ids(best) if snapshot.keys is not None else best.tolist()
+        return Retrieved(version.version, caller_ids, 1.0 / (1.0 + np.exp(-logits[order])), best)

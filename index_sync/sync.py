@@ -28,12 +28,18 @@ from index_sync.catalogue import ItemCatalogue
 from index_sync.config import IndexSyncConfig
 from index_sync.dirty import DirtyItemTracker
 from index_sync.index import LiveIndex
+from index_sync.keys import ItemKeys
 from index_sync.serving import ServingSnapshot
 from index_sync.version import IndexVersion
 from model.base import PreRanker
 from model.features import FeatureEncoder
 
 log = logging.getLogger(__name__)
+
+#: Checkpoint parts the index sync owns (see `IndexSync.checkpoint_parts`).
+CATALOGUE_PART = "catalogue.parquet"
+KEYS_PART = "item_keys.parquet"
+CHECKPOINT_PARTS = (CATALOGUE_PART, KEYS_PART)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class IndexSync:
         self.model = model
         self.encoder = encoder
         self.catalogue = ItemCatalogue(config.max_items)
+        self.keys = ItemKeys()  # caller ids of the catalogue's items where they differ from index ids
         self.dirty = DirtyItemTracker()
         self.index: LiveIndex | None = None  # created at the first sync, when H and p are known
         self.snapshot: ServingSnapshot | None = None  # what in-process readers use
@@ -101,10 +108,26 @@ class IndexSync:
     def observe(self, table: pa.Table, now: float | None = None) -> None:
         """After a step: remember the items' latest features and mark them dirty."""
         result = self.catalogue.update(table.select(["item_id", "item"]))
+        self.keys.observe(table)
         if result.evicted.size:
             with self._evicted_lock:
                 self._evicted.append(result.evicted)
         self.dirty.touch(np.unique(table.column("item_id").to_numpy()), now)
+
+    def checkpoint_parts(self) -> dict[str, bytes]:
+        """The catalogue and the item keys, as named checkpoint parts (keys only where there are any)."""
+        parts = {CATALOGUE_PART: self.catalogue.to_parquet_bytes()}
+        if len(self.keys):
+            parts[KEYS_PART] = self.keys.to_parquet_bytes()
+        return parts
+
+    def restore(self, parts: dict[str, bytes]) -> None:
+        """Take back what `checkpoint_parts` saved; the first sync then re-publishes every item."""
+        if CATALOGUE_PART in parts:
+            self.catalogue = ItemCatalogue.from_parquet_bytes(parts[CATALOGUE_PART], self.config.max_items)
+            self.dirty.touch(self.catalogue.item_ids())
+        if KEYS_PART in parts:
+            self.keys = ItemKeys.from_parquet_bytes(parts[KEYS_PART])
 
     def serve_handoff(self) -> None:
         """Between steps: if the sync job asked, hand over dirty ids and a weight snapshot."""
@@ -182,7 +205,9 @@ class IndexSync:
             version = self.index.publish_full(item_ids, vectors, checkpoint=self.checkpoint_name)
         else:
             version = self.index.publish_update(item_ids, vectors, handoff.evicted, checkpoint=self.checkpoint_name)
-        self.snapshot = ServingSnapshot(version, model)
+        if handoff.evicted.size:  # out of the index now; an item seen again since keeps its key
+            self.keys.remove(handoff.evicted[~self.catalogue.contains(handoff.evicted)])
+        self.snapshot = ServingSnapshot(version, model, self.keys)
         for callback in self.on_snapshot:
             callback(self.snapshot)
         now = time.time()

@@ -26,9 +26,8 @@ from typing import Protocol
 import pyarrow as pa
 import torch
 
-from index_sync.catalogue import ItemCatalogue
 from index_sync.snapshot_files import SnapshotWriter
-from index_sync.sync import IndexSync
+from index_sync.sync import CHECKPOINT_PARTS as INDEX_CHECKPOINT_PARTS, IndexSync
 from inttower.config import AppConfig
 from inttower.distributed import (
     Agreement,
@@ -62,7 +61,6 @@ log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
 BUSY_POLL_S = 0.02  # multi-worker, while the job has events: a rank without a batch must not hold the others
 TELEMETRY_EVERY_S = 1.0  # lag and index gauges: about one Prometheus scrape interval
-CATALOGUE_PART = "catalogue.parquet"
 
 
 def event_schema(features: tuple[FeatureField, ...]) -> EventSchema:
@@ -198,10 +196,8 @@ class TrainingDaemon:
                 raise UserError(f"{checkpoint.path}: does not match the model config ({first}); use another daemon.checkpoint_dir") from None
             slot.auc.load_state_dict(meta["metrics"][slot.name]["auc"])
             slot.logloss.load_state_dict(meta["metrics"][slot.name]["logloss"])
-        if self.index_sync is not None and checkpoint.has(CATALOGUE_PART):
-            catalogue = ItemCatalogue.from_parquet_bytes(checkpoint.read(CATALOGUE_PART), self.config.index.max_items)
-            self.index_sync.catalogue = catalogue
-            self.index_sync.dirty.touch(catalogue.item_ids())  # the first sync re-publishes every item
+        if self.index_sync is not None:
+            self.index_sync.restore({p: checkpoint.read(p) for p in INDEX_CHECKPOINT_PARTS if checkpoint.has(p)})
         self.offsets = {int(p): int(o) for p, o in meta["offsets"].items()}
         self._restored_offsets = dict(self.offsets)
         self.events = int(meta["events"])
@@ -230,7 +226,7 @@ class TrainingDaemon:
             torch.save(slot.trainer.state_dict(), buffer)
             parts[slot.part] = buffer.getvalue()
         if self.index_sync is not None:
-            parts[CATALOGUE_PART] = self.index_sync.catalogue.to_parquet_bytes()
+            parts.update(self.index_sync.checkpoint_parts())
         if self.audit is not None:
             self.audit.sync()
         metadata = {

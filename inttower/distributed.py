@@ -310,11 +310,12 @@ def stand_in_batch(encoder: FeatureEncoder, rows: int = STAND_IN_ROWS) -> Featur
 
 
 def distinct_items(table: pa.Table) -> pa.Table:
-    """``item_id`` and ``item`` of each item's last row: what the index needs from a batch."""
+    """``item_id``, ``item`` (and ``item_key``) of each item's last row: what the index needs from a batch."""
     ids = table.column("item_id").to_numpy()
     _, first_from_end = np.unique(ids[::-1], return_index=True)
     keep = np.sort(len(ids) - 1 - first_from_end)
-    return table.select(["item_id", "item"]).take(pa.array(keep))
+    columns = [c for c in ("item_id", "item", "item_key") if c in table.column_names]
+    return table.select(columns).take(pa.array(keep))
 
 
 @dataclass

@@ -83,7 +83,7 @@ def test_retrieve_finds_the_exact_top_k_of_a_small_index(kind):
     top = ids[np.argsort(-everything.probabilities, kind="stable")[:5]]
     result = reader.retrieve(user, 5)
     assert result.version == snapshot.version.version
-    assert set(result.item_ids.tolist()) == set(top.tolist())
+    assert set(result.item_ids) == set(top.tolist()) == set(result.index_ids.tolist())
     assert np.all(np.diff(result.probabilities) <= 1e-7)
 
 

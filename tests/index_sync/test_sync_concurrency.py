@@ -83,7 +83,7 @@ def test_readers_see_whole_versions_while_trainer_and_syncs_run():
                 checked["score"] += 1
                 top = reader.retrieve(user, 10)
                 assert top.version == source.local.snapshot.version.version
-                assert source.local.snapshot.version.contains(top.item_ids).all()
+                assert source.local.snapshot.version.contains(top.index_ids).all()
                 checked["retrieve"] += 1
             except IndexNotReadyError:
                 time.sleep(0.01)
