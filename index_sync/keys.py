@@ -5,8 +5,9 @@ two differ (string ids, integers outside [0, 2**56)) the decoded batch carries t
 caller's id in its ``item_key`` column. `ItemKeys` keeps those pairs for the items the
 catalogue holds (added with their events, removed with their eviction, checkpointed
 with the catalogue), and each on-disk index version gets a copy for serving processes.
-An index id is a function of its key, so a pair never changes once learnt: readers may
-look keys up in the live map without versioning. Ids without an entry are their own
+An index id is a function of its key, so a pair never changes once learnt: readers look
+keys up in the live map without versioning; a key is dropped only after the version
+that removed its item is published. Ids without an entry are their own
 caller id (small integers), which costs nothing for logs with integer ids.
 """
 
@@ -58,6 +59,11 @@ class ItemKeys:
         """The caller's id of each index id: its key, or the index id itself."""
         with self._lock:
             return [self._keys.get(i, i) for i in np.asarray(item_ids, np.int64).tolist()]
+
+    def item_ids(self) -> np.ndarray:
+        """Index ids that have a key."""
+        with self._lock:
+            return np.fromiter(self._keys, dtype=np.int64, count=len(self._keys))
 
     def __len__(self) -> int:
         return len(self._keys)

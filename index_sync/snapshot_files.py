@@ -73,9 +73,13 @@ class SnapshotWriter:
         last = self._keys_written
         if last is not None and last[0] == generation and last[1].exists():
             path.unlink(missing_ok=True)
-            os.link(last[1], path)
-        else:
-            atomic_write_bytes(path, keys.to_parquet_bytes())
+            try:
+                os.link(last[1], path)
+                self._keys_written = (generation, path)
+                return
+            except OSError:  # a file system without hard links: write a copy
+                pass
+        atomic_write_bytes(path, keys.to_parquet_bytes())
         self._keys_written = (generation, path)
 
 
@@ -91,14 +95,17 @@ class DiskSnapshots:
         self.reader = reader
         self._build_model = build_model
         self._snapshot: ServingSnapshot | None = None
-        self._keys: tuple[int, ItemKeys] | None = None  # (inode, keys): a hard-linked file is parsed once
+        # (device, inode, size, mtime) of the last keys file read: a hard link of it is not parsed
+        # again; the size and mtime tell a new file apart from an old one whose inode was reused.
+        self._keys: tuple[tuple[int, int, int, int], ItemKeys] | None = None
 
     def _load_keys(self, path: Path) -> ItemKeys | None:
         if not path.exists():
             return None
-        inode = path.stat().st_ino
-        if self._keys is None or self._keys[0] != inode:
-            self._keys = (inode, ItemKeys.from_parquet_bytes(path.read_bytes()))
+        stat = path.stat()
+        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._keys is None or self._keys[0] != identity:
+            self._keys = (identity, ItemKeys.from_parquet_bytes(path.read_bytes()))
         return self._keys[1]
 
     def __call__(self) -> ServingSnapshot | None:

@@ -86,6 +86,9 @@ class IndexSync:
         self.encoder = encoder
         self.catalogue = ItemCatalogue(config.max_items)
         self.keys = ItemKeys()  # caller ids of the catalogue's items where they differ from index ids
+        # Held across "catalogue update + keys observe" (trainer) and "contains + keys remove"
+        # (publisher), so a publish never drops the key of an item the trainer just re-added.
+        self._keys_lock = threading.Lock()
         self.dirty = DirtyItemTracker()
         self.index: LiveIndex | None = None  # created at the first sync, when H and p are known
         self.snapshot: ServingSnapshot | None = None  # what in-process readers use
@@ -107,8 +110,9 @@ class IndexSync:
     # -- training thread -----------------------------------------------------------------
     def observe(self, table: pa.Table, now: float | None = None) -> None:
         """After a step: remember the items' latest features and mark them dirty."""
-        result = self.catalogue.update(table.select(["item_id", "item"]))
-        self.keys.observe(table)
+        with self._keys_lock:
+            result = self.catalogue.update(table.select(["item_id", "item"]))
+            self.keys.observe(table)
         if result.evicted.size:
             with self._evicted_lock:
                 self._evicted.append(result.evicted)
@@ -128,6 +132,13 @@ class IndexSync:
             self.dirty.touch(self.catalogue.item_ids())
         if KEYS_PART in parts:
             self.keys = ItemKeys.from_parquet_bytes(parts[KEYS_PART])
+            self._forget_keys_outside_catalogue(self.keys.item_ids())  # evicted, not yet published at the checkpoint
+
+    def _forget_keys_outside_catalogue(self, item_ids: np.ndarray) -> None:
+        """Drop the keys of ``item_ids`` that the catalogue no longer holds (an item seen again keeps its key)."""
+        if item_ids.size:
+            with self._keys_lock:
+                self.keys.remove(item_ids[~self.catalogue.contains(item_ids)])
 
     def serve_handoff(self) -> None:
         """Between steps: if the sync job asked, hand over dirty ids and a weight snapshot."""
@@ -205,11 +216,10 @@ class IndexSync:
             version = self.index.publish_full(item_ids, vectors, checkpoint=self.checkpoint_name)
         else:
             version = self.index.publish_update(item_ids, vectors, handoff.evicted, checkpoint=self.checkpoint_name)
-        if handoff.evicted.size:  # out of the index now; an item seen again since keeps its key
-            self.keys.remove(handoff.evicted[~self.catalogue.contains(handoff.evicted)])
         self.snapshot = ServingSnapshot(version, model, self.keys)
         for callback in self.on_snapshot:
             callback(self.snapshot)
+        self._forget_keys_outside_catalogue(handoff.evicted)  # out of the index now, and out of the last snapshot
         now = time.time()
         age = float(now - handoff.first_touched.min()) if handoff.first_touched.size else None
         report = SyncReport(version.version, handoff.full, int(item_ids.size), int(handoff.evicted.size),

@@ -111,6 +111,21 @@ def _cmd_replay(args: argparse.Namespace) -> None:
     print(f"replayed {summary.events} events in {summary.messages} messages, {summary.seconds:.1f} s, {summary.events_per_s:.0f} events/s")
 
 
+def _int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inttower", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="also show third-party libraries' INFO logs")
@@ -163,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(run=_cmd_replay)
 
     broker = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground")
-    broker.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
-    broker.add_argument("--partitions", type=int, default=4, help="partitions of the [stream] topic it creates (default 4)")
+    broker.add_argument("--port", type=_int_in(1, 65535), default=9092, help="port on 127.0.0.1 (default 9092)")
+    broker.add_argument("--partitions", type=_int_in(1, 10_000), default=4,
+                        help="partitions of the [stream] topic it creates (default 4)")
     broker.add_argument("--config", help="TOML config: its [stream] topic and dead-letter topic are created")
     broker.set_defaults(run=_cmd_broker)
 
@@ -179,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(verbose: bool) -> None:
     """The project's own INFO lines; third parties (FAISS's loader, kafka-python) only from WARNING.
 
-    kafka-python logs every failed connection attempt as an ERROR; the project reports an
-    unreachable broker itself in one line, so kafka-python is quiet below CRITICAL unless
-    ``verbose``.
+    kafka-python logs every failed connection attempt as an ERROR (``kafka.conn``); the
+    project reports an unreachable broker itself in one line, so that logger is quiet
+    unless ``verbose``. kafka-python's other errors (authentication, commits) still show.
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
@@ -189,7 +205,9 @@ def configure_logging(verbose: bool) -> None:
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
     if not verbose:
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        logging.getLogger("kafka").setLevel(logging.ERROR)
+        logging.getLogger("kafka.conn").setLevel(logging.CRITICAL)
+        logging.getLogger("kafka.client").setLevel(logging.CRITICAL)  # "No node available", retries
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "job skipped: still running" is expected
 
 

@@ -49,17 +49,21 @@ def download_and_import_movielens(name: str, out: Path, config: AppConfig) -> No
 def run_local_broker(config: AppConfig, port: int, partitions: int) -> None:
     """`inttower broker`: Tansu on 127.0.0.1:``port`` until SIGINT/SIGTERM, with the config's topics."""
     from stream.broker import EmbeddedBroker, create_topic, port_accepts
-    from stream.config import kafka_client_options
 
     if port_accepts("127.0.0.1", port):
         raise UserError(f"127.0.0.1:{port} is already in use (another broker?); choose one with --port")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with EmbeddedBroker(port=port) as broker:
-        stream = dataclasses.replace(config.stream, bootstrap_servers=(broker.bootstrap,))
-        create_topic(broker.bootstrap, stream.topic, partitions, kafka_client_options(stream))
-        create_topic(broker.bootstrap, stream.dead_letter_topic, 1, kafka_client_options(stream))
+    broker = EmbeddedBroker(port=port)
+    try:
+        broker.start()
+    except RuntimeError as exc:  # Tansu exited (a privileged port, ...) or never listened
+        raise UserError(f"the local broker did not start on 127.0.0.1:{port}: {exc}") from None
+    try:
+        stream = config.stream  # a plaintext local broker: the config's security settings are not for it
+        create_topic(broker.bootstrap, stream.topic, partitions)
+        create_topic(broker.bootstrap, stream.dead_letter_topic, 1)
         print(
             f"broker listening on {broker.bootstrap} (Tansu pid {broker.pid}, log {broker.log_path})\n"
             f"topics: {stream.topic} ({partitions} partitions), {stream.dead_letter_topic} (1)\n"
@@ -70,6 +74,8 @@ def run_local_broker(config: AppConfig, port: int, partitions: int) -> None:
         while not stop.wait(0.5):
             if not broker.running:
                 raise UserError(f"the broker exited unexpectedly; its log: {broker.log_path}")
+    finally:
+        broker.stop()
     print("broker stopped")
 
 

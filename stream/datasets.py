@@ -12,6 +12,7 @@ into place, so an interrupted download never leaves a half data set behind.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -130,9 +131,16 @@ def download_movielens(name: str, home: Path | None = None, progress: bool = Tru
             raise DownloadError(f"{archive.url}: not a zip archive ({exc})") from None
         if not (unpacked / archive.name / archive.required_file).is_file():
             raise DownloadError(f"{archive.url}: archive has no {archive.name}/{archive.required_file}")
+        if (target / archive.required_file).is_file():  # another download finished meanwhile
+            return target
         if target.exists():  # an incomplete copy (e.g. ML-1M without ratings.dat): replace it
             shutil.rmtree(target)
-        (unpacked / archive.name).rename(target)
+        try:
+            (unpacked / archive.name).rename(target)
+        except OSError as exc:
+            if (target / archive.required_file).is_file():  # lost a race with another download: same data
+                return target
+            raise DownloadError(f"cannot move the unpacked data set to {target} ({exc})") from None
     return target
 
 
@@ -144,7 +152,7 @@ def _fetch(url: str, dest: Path, progress: bool) -> None:
                 while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
                     out.write(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as exc:
         raise DownloadError(f"{url}: download failed ({exc})") from None
 
 

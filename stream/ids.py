@@ -15,13 +15,15 @@ readers of the index) map caller ids with `to_index_ids`:
 ``ID_BITS`` is 56 so that an item id times the number of heads (the FAISS row id of one
 head, `index_sync.version.head_ids`) stays inside int64 for up to 128 heads. Two distinct
 hashed ids collide with probability about n**2 / 2**57: ~7e-4 expected colliding pairs
-at 10M ids (``python -m bench.hashing`` measures it). The map is one-way; a reader that
-must return the caller's ids keeps the pairs it has seen (`IdKeys`).
+at 10M ids (``python -m bench.hashing`` measures it). The map is one-way: decoders keep
+the caller's item id beside its index id (`caller_keys`, the ``item_key`` column) and
+the index keeps those pairs for readers (`index_sync.keys.ItemKeys`). A caller id that is
+its own index id comes back as an integer: the string "1005" is answered as 1005.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,6 +64,8 @@ def to_index_ids(values: IdValues) -> np.ndarray:
     is required and is either a string or an integer.
     """
     array = _as_arrow(values)
+    if len(array) == 0:
+        return np.zeros(0, dtype=np.int64)
     if pa.types.is_dictionary(array.type):
         array = array.cast(array.type.value_type)
     if array.null_count:
@@ -115,30 +119,3 @@ def is_id_type(tp: pa.DataType) -> bool:
     if pa.types.is_dictionary(tp):
         tp = tp.value_type
     return pa.types.is_integer(tp) or pa.types.is_string(tp) or pa.types.is_large_string(tp)
-
-
-class IdKeys:
-    """Index id -> the caller's id, for readers that must answer in the caller's ids.
-
-    Bounded (``max_ids``; the oldest pairs are forgotten first), because a stream's id
-    space is unbounded. An index id never seen here is returned as itself, which is the
-    caller's id whenever the caller's ids are small integers.
-    """
-
-    def __init__(self, max_ids: int = 10_000_000) -> None:
-        self.max_ids = max_ids
-        self._keys: dict[int, str | int] = {}
-
-    def remember(self, caller_ids: Iterable[object], index_ids: np.ndarray) -> None:
-        for key, index_id in zip(caller_ids, index_ids.tolist()):
-            if key != index_id:
-                self._keys.pop(index_id, None)  # re-insert: most recent last
-                self._keys[index_id] = key  # type: ignore[assignment]
-        while len(self._keys) > self.max_ids:
-            self._keys.pop(next(iter(self._keys)))
-
-    def caller_ids(self, index_ids: np.ndarray) -> list[str | int]:
-        return [self._keys.get(i, i) for i in np.asarray(index_ids, dtype=np.int64).tolist()]
-
-    def __len__(self) -> int:
-        return len(self._keys)

@@ -146,10 +146,15 @@ def _iso8601_ms(values: pa.Array) -> pa.Array:
     """ISO-8601 strings -> int64 ms since the epoch; a time with a zone offset is converted, others are UTC."""
     zoned = pc.match_substring_regex(values, _ZONED)
     if not pc.any(zoned).as_py():
-        return pc.cast(pc.cast(values, pa.timestamp("ms")), pa.int64())
-    naive = pc.cast(pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), values), pa.timestamp("ms")), pa.int64())
-    aware = pc.cast(pc.cast(pc.if_else(zoned, values, pa.scalar(None, pa.string())), pa.timestamp("ms", "UTC")), pa.int64())
+        return _ns_to_ms(pc.cast(values, pa.timestamp("ns")))
+    naive = _ns_to_ms(pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), values), pa.timestamp("ns")))
+    aware = _ns_to_ms(pc.cast(pc.if_else(zoned, values, pa.scalar(None, pa.string())), pa.timestamp("ns", "UTC")))
     return pc.if_else(zoned, aware, naive)
+
+
+def _ns_to_ms(stamps: pa.Array) -> pa.Array:
+    """Parsed at ns (Python's isoformat() writes microseconds), truncated to whole ms."""
+    return pc.cast(pc.cast(stamps, pa.timestamp("ms", stamps.type.tz), safe=False), pa.int64())
 
 
 # --------------------------------------------------------------------------- labels

@@ -72,7 +72,7 @@ def test_in_process_reader_scores_and_retrieves_in_caller_ids() -> None:
     assert scores.item_ids == caller_items[:5] + ["never-seen"]
     assert scores.known.tolist() == [True] * 5 + [False]
     top = reader.retrieve(user, 10)
-    assert all(isinstance(i, str) and i.startswith("ASIN-") for i in top.item_ids)
+    assert len(top.item_ids) == 10 and all(isinstance(i, str) and i.startswith("ASIN-") for i in top.item_ids)
     assert to_index_ids(top.item_ids).tolist() == top.index_ids.tolist()
     again = reader.score(user, top.item_ids)  # the retrieved ids score as they were retrieved
     np.testing.assert_allclose(again.probabilities, top.probabilities, rtol=1e-5)
@@ -96,6 +96,15 @@ def test_keys_survive_a_checkpoint() -> None:
     assert all(isinstance(k, str) for k in restored.keys.caller_ids(ids))
 
 
+def test_restore_forgets_keys_of_items_evicted_before_the_checkpoint() -> None:
+    sync, table = _sync(max_items=50)
+    sync.observe(table)  # evicts all but 50 items; their keys go only at the next publish...
+    assert len(sync.keys) > 50
+    restored, _ = _sync(max_items=50)
+    restored.restore(sync.checkpoint_parts())  # ...which never comes for this checkpoint
+    assert len(restored.keys) == len(restored.catalogue) == 50
+
+
 def test_serving_process_reads_keys_from_disk_and_links_unchanged_ones(tmp_path: Path) -> None:
     sync, table = _sync()
     writer = SnapshotWriter(tmp_path, keep=3)
@@ -114,7 +123,7 @@ def test_serving_process_reads_keys_from_disk_and_links_unchanged_ones(tmp_path:
     serve = Reader(FeatureEncoder(SMALL.features), DiskSnapshots(reader, lambda: build_model(SMALL)))
     top = serve.retrieve(table.slice(0, 1), 5)
     assert top.version == 3
-    assert all(isinstance(i, str) and i.startswith("ASIN-") for i in top.item_ids)
+    assert len(top.item_ids) == 5 and all(isinstance(i, str) and i.startswith("ASIN-") for i in top.item_ids)
 
 
 def test_integer_id_streams_write_no_key_files(tmp_path: Path) -> None:

@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 from kafka import KafkaAdminClient
 
-from index_sync.disk import latest_manifest
+from index_sync.disk import IndexReader, latest_manifest
+from index_sync.serving import Reader
+from index_sync.snapshot_files import DiskSnapshots, keys_file_name
+from inttower.config import load_config
+from model.build import build_model
+from model.features import FeatureEncoder
+from stream.clicklog import read_click_log
 from stream.broker import free_port, port_accepts
 from tests.conftest import REPO_ROOT
 
@@ -189,6 +195,18 @@ def test_import_train_replay_with_string_ids(local_broker, tmp_path: Path) -> No
     assert f"stopped after {EVENTS} events" in out and "dead-lettered 0" in out, out
     manifest = latest_manifest(tmp_path / "index")
     assert manifest is not None and manifest.version >= 1
+    assert (tmp_path / "index" / keys_file_name(manifest.version)).exists()
+
+    # A serving process on the index directory answers in the log's own (string) ids.
+    app = load_config(config)
+    reader = IndexReader(tmp_path / "index")
+    reader.maybe_reload()
+    serve = Reader(FeatureEncoder(app.model.features), DiskSnapshots(reader, lambda: build_model(app.model)))
+    user = read_click_log(tmp_path / "runs" / "my_log.parquet").slice(0, 1)
+    top = serve.retrieve(user, 5)
+    assert len(top.item_ids) == 5 and all(isinstance(i, str) and i.startswith("B0") for i in top.item_ids), top
+    scores = serve.score(user, top.item_ids)
+    assert scores.known.all() and scores.item_ids == top.item_ids
 
 
 def test_metrics_port_in_use_is_one_line(local_broker, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from stream.clicklog import ClickLogError, read_click_log, write_click_log
-from stream.ids import ID_LIMIT, IdKeys, to_index_id, to_index_ids
+from stream.ids import ID_LIMIT, to_index_id, to_index_ids
 from tests.conftest import make_synthetic_like_table
 
 
@@ -81,10 +81,6 @@ def test_click_log_with_float_ids_is_refused(tmp_path) -> None:
         write_click_log(table, tmp_path / "bad.parquet")
 
 
-def test_id_keys_answer_in_caller_ids_and_stay_bounded() -> None:
-    keys = IdKeys(max_ids=2)
-    caller = ["a", "b", 7, "c"]
-    keys.remember(caller, to_index_ids(caller))
-    assert len(keys) == 2  # "a" forgotten first; 7 is its own index id and needs no entry
-    assert keys.caller_ids(to_index_ids(["c", "b", 7])) == ["c", "b", 7]
-    assert keys.caller_ids(to_index_ids(["a"])) == [to_index_id("a")]  # forgotten: the index id
+def test_empty_input_is_empty() -> None:
+    assert to_index_ids([]).dtype == np.int64 and to_index_ids([]).size == 0
+    assert to_index_ids(np.array([], dtype=object)).size == 0

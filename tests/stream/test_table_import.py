@@ -102,6 +102,15 @@ def test_iso8601_with_and_without_zone_offsets_is_utc(tmp_path: Path) -> None:
     assert table.column("user_id").to_pylist() == ["d", "a", "c", "b"]
 
 
+def test_iso8601_with_microseconds_as_python_writes_them(tmp_path: Path) -> None:
+    rows = [
+        {"when": "2014-10-21T00:00:00.123456", "user_id": "a", "item_id": "x", "label": 1},
+        {"when": "2014-10-21T02:00:00.999999+02:00", "user_id": "b", "item_id": "y", "label": 0},
+    ]
+    table = import_table(write_jsonl(tmp_path / "us.jsonl", rows), options(time_column="when", time_format="iso8601"))
+    assert table.column("ts").to_pylist() == [ms(2014, 10, 21) + 123, ms(2014, 10, 21) + 999]  # truncated to ms
+
+
 def test_strptime_format_reads_avazu_hours(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "hours.csv", "hour,user_id,item_id,label\n14102101,u,i,0\n14102100,u,i,1\n")
     table = import_table(path, options(time_column="hour", time_format="%y%m%d%H"))
