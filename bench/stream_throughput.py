@@ -12,7 +12,10 @@ not overlapped shows), feature encoding (hashing), and the training step.
 
 JSON runs twice, from the same topic: with the decoder's msgspec fast path, and with the
 reference path only (Python's ``json`` and field-by-field checks, the decoder as it was
-before the fast path), so the two are compared side by side under the same load. A
+before the fast path), so the two are compared side by side under the same load. JSON
+(fast path) and Arrow also run on the confluent-kafka client (``[stream] client =
+"confluent"``: librdkafka parses records in C) next to kafka-python; those rows are left
+out when confluent-kafka is not installed. A
 shared machine drifts, so every path runs once per round (``--rounds``, interleaved),
 the offline rate before each round and after the last, and the table shows medians.
 The last column is the decoder alone (`decode_messages` on the same messages held in
@@ -131,12 +134,24 @@ def decode_rate(table, fmt: str, batch: int) -> float:
     return table.num_rows / (time.thread_time() - started)
 
 
-#: (label, wire format, JSON fast path on) of each streaming path, run in this order in every round.
-PATHS: tuple[tuple[str, str, bool], ...] = (
-    ("json, reference path (stdlib json)", "json", False),
-    ("json", "json", True),
-    ("arrow", "arrow", True),
+#: (label, wire format, JSON fast path on, Kafka client) of each streaming path, run in this order in every round.
+PATHS: tuple[tuple[str, str, bool, str], ...] = (
+    ("json, reference path (stdlib json)", "json", False, "kafka-python"),
+    ("json", "json", True, "kafka-python"),
+    ("arrow", "arrow", True, "kafka-python"),
+    ("json on confluent-kafka", "json", True, "confluent"),
+    ("arrow on confluent-kafka", "arrow", True, "confluent"),
 )
+
+
+def _available(paths: tuple[tuple[str, str, bool, str], ...]) -> tuple[tuple[str, str, bool, str], ...]:
+    """The paths whose Kafka client is installed."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        print("confluent-kafka is not installed: its rows are left out")
+        return tuple(p for p in paths if p[3] != "confluent")
+    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.events} synthetic events, {args.model}, batch {args.batch}, device {device}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), {args.rounds} round(s)")
     offline: list[float] = []
-    results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in PATHS}
+    paths = _available(PATHS)
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in paths}
     produce_rate: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
         for fmt in ("json", "arrow"):
@@ -161,9 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                                        arrow_batch_events=args.batch, progress=False).events_per_s
         for round_ in tqdm(range(args.rounds), desc="rounds", disable=args.rounds == 1):
             offline.append(offline_rate(table, args.batch, args.model, device))
-            for i, (label, fmt, fast) in enumerate(PATHS):
+            for i, (label, fmt, fast, client) in enumerate(paths):
                 with json_decoding(fast):
-                    stream = _stream(broker.bootstrap, fmt, f"bench-{round_}-{i}", args.batch)
+                    stream = _stream(broker.bootstrap, fmt, f"bench-{round_}-{i}", args.batch, client)
                     results[label].append(streaming_rate(stream, args.events, args.model, device))
     offline.append(offline_rate(table, args.batch, args.model, device))
     offline_rate_ = statistics.median(offline)
@@ -172,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     print(f"| offline (same batches in memory; runs {', '.join(f'{r:,.0f}' for r in offline)}) | "
           f"{offline_rate_:,.0f} | 1.00 | - | - | 100% | - | - |")
-    for label, fmt, fast in PATHS:
+    for label, fmt, fast, _ in paths:
         r = {key: statistics.median(run[key] for run in results[label]) for key in results[label][0]}
         with json_decoding(fast):
             decoder = decode_rate(table, fmt, args.batch)
@@ -181,10 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     print("(a step = prequential scoring in eval mode + one Adam step, as in the daemon; medians over rounds)")
 
 
-def _stream(bootstrap: str, fmt: str, group_id: str, batch: int) -> StreamConfig:
+def _stream(bootstrap: str, fmt: str, group_id: str, batch: int, client: str = "kafka-python") -> StreamConfig:
     topic = f"throughput-{fmt}"
     return StreamConfig(bootstrap_servers=(bootstrap,), topic=topic, group_id=group_id, dead_letter_topic=f"{topic}.dlq",
-                        max_batch_events=batch, session_timeout_ms=2000, heartbeat_interval_ms=500)
+                        max_batch_events=batch, session_timeout_ms=2000, heartbeat_interval_ms=500, client=client)
 
 
 if __name__ == "__main__":

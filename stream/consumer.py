@@ -1,7 +1,8 @@
 """Consume the click topic into decoded, validated `Batch`es, with exact offsets for checkpoints.
 
-`ClickStreamConsumer` runs one background thread that owns the KafkaConsumer (kafka-python
-consumers are not thread-safe): it polls, cuts the messages into batches, decodes them
+`ClickStreamConsumer` runs one background thread that owns the Kafka client
+(`stream.consumer_clients`: kafka-python or confluent-kafka, per ``[stream] client``; used
+from that thread only): it polls, cuts the messages into batches, decodes them
 (`stream.codec.decode_messages`) and puts them on a bounded queue, so fetching and
 decoding overlap with the caller's training step. The caller takes batches with
 `next_batch`, and asks for offset commits with `commit`; the thread executes them.
@@ -26,14 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
-from stream.broker import BrokerUnavailableError, wait_for_broker
+from stream.broker import wait_for_broker
 from stream.codec import RawMessage, Reject, count_events, decode_messages
 from stream.config import StreamConfig, kafka_client_options, resolve_check_crcs
+from stream.consumer_clients import ConsumerClient, Positions, open_client
 from stream.events import EventSchema
 
 log = logging.getLogger(__name__)
@@ -45,11 +43,10 @@ QUEUE_WAIT_S = 0.1
 #: Bound on one synchronous commit; a failed commit is retried after COMMIT_RETRY_S.
 COMMIT_TIMEOUT_MS = 5000
 COMMIT_RETRY_S = 1.0
-#: Bound on KafkaConsumer.close (it leaves the group, which needs the broker).
+#: Bound on closing the client (it leaves the group, which needs the broker).
 CONSUMER_CLOSE_TIMEOUT_MS = 5000
 #: How long `close` waits for the polling thread (poll + commit + consumer close, with margin).
 THREAD_JOIN_TIMEOUT_S = 15.0
-CLIENT_ID = "inttower-stream"
 
 
 @dataclass
@@ -98,19 +95,6 @@ class _Pending:
         self.events = 0
 
 
-class _Listener(ConsumerRebalanceListener):
-    """Forwards rebalance callbacks (run inside poll, on the polling thread) to the consumer."""
-
-    def __init__(self, owner: ClickStreamConsumer) -> None:
-        self._owner = owner
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._owner._on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._owner._on_assigned(assigned)
-
-
 class ClickStreamConsumer:
     """Batches of click events from ``config.topic``; see the module docstring for offsets.
 
@@ -119,7 +103,7 @@ class ClickStreamConsumer:
     ``static`` assignment (exactly these are read), not allowed in ``group`` mode.
 
     Thread-safety: `next_batch`, `commit`, `lag`, `assigned_partitions` and `close` may be
-    called from any one caller thread; the KafkaConsumer itself is only touched by the
+    called from any one caller thread; the Kafka client itself is only touched by the
     internal polling thread. Raises `BrokerUnavailableError` from the constructor if no
     broker answers within ``config.startup_timeout_s``.
     """
@@ -156,42 +140,23 @@ class ClickStreamConsumer:
         self._closed = False
         self._warned_large_message = False
 
-        options = kafka_client_options(config)
-        wait_for_broker(config.bootstrap_servers, config.startup_timeout_s, options)
-        fetch_bytes = config.max_partition_fetch_bytes
-        check_crcs = resolve_check_crcs(config)
-        if not check_crcs and config.check_crcs is None:
+        wait_for_broker(config.bootstrap_servers, config.startup_timeout_s, kafka_client_options(config))
+        if config.client == "kafka-python" and config.check_crcs is None and not resolve_check_crcs(config):
             log.info("record CRC checks off: the native crc32c package is not installed (set check_crcs = true to force them)")
-        try:
-            self._consumer = KafkaConsumer(
-                client_id=CLIENT_ID,
-                group_id=config.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=config.session_timeout_ms,
-                heartbeat_interval_ms=config.heartbeat_interval_ms,
-                max_poll_records=config.max_batch_events,
-                max_partition_fetch_bytes=fetch_bytes,
-                fetch_max_bytes=config.fetch_max_bytes,
-                check_crcs=check_crcs,
-                **options,
-            )
-        except KafkaError as exc:  # NoBrokersAvailable: the broker went away after the probe
-            raise BrokerUnavailableError(
-                f"no Kafka broker answered at {','.join(config.bootstrap_servers)} ({type(exc).__name__})"
-            ) from None
+        self._client: ConsumerClient = open_client(config)
+        #: The client library's own consumer object (tests reach into it; nothing else may).
+        self._consumer = self._client.raw
         try:
             if config.assignment == "group":
-                self._consumer.subscribe(topics=[config.topic], listener=_Listener(self))
+                self._client.subscribe(self._on_assigned, self._on_revoked)
             else:
-                tps = [TopicPartition(config.topic, p) for p in partitions or ()]
-                self._consumer.assign(tps)
-                self._seek(tps)
-                self._assigned = frozenset(tp.partition for tp in tps)
+                chosen = sorted(set(partitions or ()))
+                self._client.assign({p: self._positions.get(p) for p in chosen})
+                self._assigned = frozenset(chosen)
             self._thread = threading.Thread(target=self._run, name=f"click-stream-{config.topic}", daemon=True)
             self._thread.start()
         except BaseException:
-            self._consumer.close(autocommit=False)
+            self._client.close(CONSUMER_CLOSE_TIMEOUT_MS)
             raise
 
     # ------------------------------------------------------------------ caller API
@@ -226,8 +191,8 @@ class ClickStreamConsumer:
         """Per assigned partition: highwater minus the next offset handed out by `next_batch`.
 
         Only partitions whose highwater is known (after a fetch) appear. Highwater comes
-        from fetch responses (`KafkaConsumer.highwater`), which is right on Tansu where
-        ``end_offsets`` is not.
+        from fetch responses (`ConsumerClient.highwater`), which is right on Tansu where
+        a ListOffsets query for the end (``end_offsets``) is not.
         """
         with self._lock:
             lag: dict[int, int] = {}
@@ -245,7 +210,7 @@ class ClickStreamConsumer:
             return sorted(self._assigned)
 
     def close(self, timeout_s: float = THREAD_JOIN_TIMEOUT_S) -> None:
-        """Stop the polling thread (bounded wait); it runs pending commits and closes the KafkaConsumer.
+        """Stop the polling thread (bounded wait); it runs pending commits and closes the Kafka client.
 
         Batches still queued are dropped: resume from the offsets of the last batch processed.
         Idempotent.
@@ -292,7 +257,7 @@ class ClickStreamConsumer:
             try:
                 self._service_commit(final=True)
             finally:
-                self._consumer.close(autocommit=False, timeout_ms=CONSUMER_CLOSE_TIMEOUT_MS)
+                self._client.close(CONSUMER_CLOSE_TIMEOUT_MS)
 
     def _poll(self) -> None:
         timeout_ms = POLL_TIMEOUT_MS
@@ -301,31 +266,22 @@ class ClickStreamConsumer:
             timeout_ms = max(0, min(timeout_ms, int((deadline - time.monotonic()) * 1000) + 1))
         room = max(1, self.config.max_batch_events - self._pending.events)
         max_records = max(1, int(room / self._events_per_message))
-        records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        if self._error is not None:  # raised inside a rebalance callback, which kafka-python swallows
-            raise self._error
+        received = self._client.poll(timeout_ms, max_records)  # re-raises errors of rebalance callbacks
         now = time.monotonic()
-        messages = events = 0
+        events = 0
         first_seen: dict[int, int] = {}
-        for tp, batch in records.items():
-            if batch:
-                first_seen[tp.partition] = batch[0].offset
-            for record in batch:
-                message = RawMessage(record.partition, record.offset, record.value or b"", list(record.headers or ()), record.timestamp)
-                count = count_events(message, self.config.max_message_bytes)
-                self._pending.messages.append(message)
-                self._pending.counts.append(count)
-                self._pending.arrived.append(now)
-                self._pending.events += count
-                messages += 1
-                events += count
-        if messages:
-            self._events_per_message = 0.9 * self._events_per_message + 0.1 * (events / messages)
-        highwater = {}
-        for tp in self._consumer.assignment():
-            hw = self._consumer.highwater(tp)
-            if hw is not None:
-                highwater[tp.partition] = hw
+        pending, limit = self._pending, self.config.max_message_bytes
+        for message in received:
+            first_seen.setdefault(message.partition, message.offset)
+            count = count_events(message, limit)
+            pending.messages.append(message)
+            pending.counts.append(count)
+            pending.arrived.append(now)
+            pending.events += count
+            events += count
+        if received:
+            self._events_per_message = 0.9 * self._events_per_message + 0.1 * (events / len(received))
+        highwater = self._client.highwater()
         with self._lock:
             self._highwater.update(highwater)
             for p, offset in first_seen.items():
@@ -373,37 +329,26 @@ class ClickStreamConsumer:
             closed_at=time.time(),
         )
 
-    def _seek(self, tps: Sequence[TopicPartition]) -> None:
-        """Seek each partition to this consumer's own next offset, or to the earliest one.
+    def _on_revoked(self, revoked: list[int]) -> None:
+        if revoked:  # the first join and a close revoke nothing: not worth a line
+            log.info("partitions revoked: %s", revoked)
 
-        Earliest offsets are looked up for all partitions in one request and sought to
-        explicitly: left to kafka-python's lazy reset, the partitions get positions one
-        after another and the first one's whole backlog is fetched before the others
-        start, so a backlog is not consumed in event-time order across partitions.
+    def _on_assigned(self, assigned: list[int]) -> Positions:
+        """Where each newly assigned partition resumes: this consumer's own next offset, or earliest (None).
+
+        Runs inside the client's poll on the polling thread. Messages fetched but not
+        batched are dropped: resuming at the own positions re-reads them.
         """
-        unknown = [tp for tp in tps if self._positions.get(tp.partition) is None]
-        earliest = self._consumer.beginning_offsets(unknown) if unknown else {}
-        for tp in tps:
-            position = self._positions.get(tp.partition)
-            self._consumer.seek(tp, earliest[tp] if position is None else position)
-
-    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
-
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        try:
-            # Messages fetched but not batched are dropped: the seeks below re-read them.
-            self._pending.clear()
-            self._seek(sorted(assigned))
-            with self._lock:
-                self._assigned = frozenset(tp.partition for tp in assigned)
-            log.info(
-                "partitions assigned: %s (resuming at %s)",
-                sorted(tp.partition for tp in assigned),
-                {tp.partition: self._positions.get(tp.partition, "earliest") for tp in sorted(assigned)},
-            )
-        except BaseException as exc:  # kafka-python only logs listener errors; keep it for the caller
-            self._error = exc
+        self._pending.clear()
+        with self._lock:
+            self._assigned = frozenset(assigned)
+        positions = {p: self._positions.get(p) for p in assigned}
+        log.info(
+            "partitions assigned: %s (resuming at %s)",
+            assigned,
+            {p: "earliest" if o is None else o for p, o in positions.items()},
+        )
+        return positions
 
     def _service_commit(self, final: bool = False) -> None:
         """Run the latest commit request, if any (polling thread only; never raises)."""
@@ -421,9 +366,8 @@ class ClickStreamConsumer:
                     self._commit_request = {**keep, **self._commit_request}
         if not request:
             return
-        offsets = {TopicPartition(self.config.topic, p): OffsetAndMetadata(o, "", -1) for p, o in request.items()}
         try:
-            self._consumer.commit(offsets=offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+            self._client.commit(request, COMMIT_TIMEOUT_MS)
         except Exception as exc:  # CommitFailedError after broker trouble, timeouts, ...: survive and retry
             log.warning("offset commit failed (%s: %s); will retry", type(exc).__name__, exc)
             if not final:
