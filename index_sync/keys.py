@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stream.events import ITEM_KEY_COLUMN as KEY_COLUMN
+
 ID_COLUMN = "item_id"
-KEY_COLUMN = "item_key"
 
 
 class ItemKeys:

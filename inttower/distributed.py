@@ -42,6 +42,7 @@ from model.device import resolve_device
 from model.features import FeatureBatch, FeatureEncoder, TowerInputs
 from model.online import OnlineTrainer, StepResult
 from stream.config import StreamConfig
+from stream.events import ITEM_KEY_COLUMN
 from stream.topics import topic_partitions
 
 log = logging.getLogger("inttower.daemon")
@@ -314,7 +315,7 @@ def distinct_items(table: pa.Table) -> pa.Table:
     ids = table.column("item_id").to_numpy()
     _, first_from_end = np.unique(ids[::-1], return_index=True)
     keep = np.sort(len(ids) - 1 - first_from_end)
-    columns = [c for c in ("item_id", "item", "item_key") if c in table.column_names]
+    columns = [c for c in ("item_id", "item", ITEM_KEY_COLUMN) if c in table.column_names]
     return table.select(columns).take(pa.array(keep))
 
 

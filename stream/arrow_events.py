@@ -151,11 +151,6 @@ def _filled(values: pa.Array) -> pa.Array:
     return values
 
 
-def _index_ids(values: pa.Array) -> pa.Array:
-    """Caller ids (an integer or string column) -> int64 index ids, vectorised."""
-    return pa.array(to_index_ids(_filled(values)), pa.int64())
-
-
 def _non_finite(values: pa.Array) -> pa.Array | None:
     """Mask of non-finite floats (null where the value is null -> treated as False)."""
     if not pa.types.is_floating(values.type):
@@ -212,14 +207,16 @@ def _validate_arrow(
             out.append(_normalise(values, f))
         children[struct] = out
 
+    caller_ids = {name: _filled(ids[name]) for name in ID_FIELDS}
+    index_ids = {name: to_index_ids(caller_ids[name]) for name in ID_FIELDS}
     columns: list[pa.Array] = [
         pc.cast(event_id, pa.string()),
         *(pc.cast(integers[name], pa.int64()) for name in INTEGER_FIELDS),
-        *(_index_ids(ids[name]) for name in ID_FIELDS),
+        *(pa.array(index_ids[name], pa.int64()) for name in ID_FIELDS),
+        # label may hold values other than 0/1 in rows about to be rejected: cast without overflow checks.
+        pc.cast(label, pa.int8(), safe=False),
+        caller_keys(caller_ids["item_id"], index_ids["item_id"]),
     ]
-    # label may hold values other than 0/1 in rows about to be rejected: cast without overflow checks.
-    columns.append(pc.cast(label, pa.int8(), safe=False))
-    columns.append(caller_keys(_filled(ids["item_id"]), columns[3].to_numpy()))
     for struct in schema.structs:
         columns.append(struct_array(children[struct], target.field(struct).type, rows))
     table = pa.Table.from_arrays(columns, schema=target)

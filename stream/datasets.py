@@ -55,21 +55,25 @@ MOVIELENS_ARCHIVES: dict[str, Archive] = {
 }
 
 
+def _env_home() -> Path | None:
+    return Path(os.environ[DATA_ENV]).expanduser() if os.environ.get(DATA_ENV) else None
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / CACHE_SUBDIR
+
+
 def data_home() -> Path:
     """Where downloads go: ``$INTTOWER_DATA`` if set, else the user's cache directory."""
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / CACHE_SUBDIR
+    return _env_home() or _cache_home()
 
 
 def candidate_dirs(name: str, explicit: str | Path | None = None) -> list[Path]:
     """The places `find_dataset` looks for data set ``name``, in order."""
     places = [Path(explicit).expanduser()] if explicit else []
-    if os.environ.get(DATA_ENV):
-        places.append(Path(os.environ[DATA_ENV]).expanduser() / name)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    places.append(Path(cache) / CACHE_SUBDIR / name)
+    if (env := _env_home()) is not None:
+        places.append(env / name)
+    places.append(_cache_home() / name)
     return places
 
 

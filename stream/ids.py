@@ -45,7 +45,8 @@ def _hash_strings(strings: np.ndarray) -> np.ndarray:
     return (hashed >> np.uint64(64 - ID_BITS)).astype(np.int64)
 
 
-def _as_arrow(values: IdValues) -> pa.Array:
+def id_array(values: IdValues) -> pa.Array:
+    """Caller ids as one Arrow array: integers or strings as given, mixed ones as strings."""
     if isinstance(values, pa.ChunkedArray):
         return values.combine_chunks()
     if isinstance(values, pa.Array):
@@ -63,7 +64,7 @@ def to_index_ids(values: IdValues) -> np.ndarray:
     Python lists, mixed types included. Raises ValueError on nulls or other types: an id
     is required and is either a string or an integer.
     """
-    array = _as_arrow(values)
+    array = id_array(values)
     if len(array) == 0:
         return np.zeros(0, dtype=np.int64)
     if pa.types.is_dictionary(array.type):
@@ -72,7 +73,7 @@ def to_index_ids(values: IdValues) -> np.ndarray:
         raise ValueError(f"{array.null_count} null id(s): every event needs a user_id and an item_id")
     if pa.types.is_integer(array.type):
         ints = array.to_numpy(zero_copy_only=False).astype(np.int64, copy=False) if not pa.types.is_uint64(array.type) else None
-        if ints is not None and (ints.size == 0 or (ints.min() >= 0 and ints.max() < ID_LIMIT)):
+        if ints is not None and ints.min() >= 0 and ints.max() < ID_LIMIT:
             return np.ascontiguousarray(ints, dtype=np.int64)
         array = pc.cast(array, pa.string())
     elif pa.types.is_large_string(array.type) or pa.types.is_string_view(array.type):
@@ -90,7 +91,7 @@ def to_index_ids(values: IdValues) -> np.ndarray:
     hashed = ~decimal
     if hashed.any():
         strings = pc.filter(array, pa.array(hashed)).to_numpy(zero_copy_only=False)
-        out[hashed] = _hash_strings(strings.astype(object))
+        out[hashed] = _hash_strings(strings.astype(object, copy=False))
     return out
 
 

@@ -34,12 +34,11 @@ from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from stream.events import REQUIRED_STRUCTS, EventSchema
-from stream.ids import caller_keys, to_index_ids
+from stream.ids import caller_keys, id_array, to_index_ids
 from stream.wire import (
     BAD_LABEL,
     ID_FIELDS,
@@ -295,15 +294,15 @@ class JsonColumns:
         def column(rows: list[msgspec.Struct], name: str) -> list[Any]:
             return list(map(attrgetter(name), rows))
 
-        user_ids, _ = _index_id_array(column(events, "user_id"))
-        item_ids, item_keys = _index_id_array(column(events, "item_id"))
+        item_ids = id_array(column(events, "item_id"))
+        item_index_ids = to_index_ids(item_ids)
         arrays: list[pa.Array] = [
             pa.array(column(events, "event_id"), pa.string()),
             pa.array(column(events, "ts"), pa.int64()),
-            user_ids,
-            item_ids,
+            pa.array(to_index_ids(column(events, "user_id")), pa.int64()),
+            pa.array(item_index_ids, pa.int64()),
             pa.array(column(events, "label"), pa.int8()),
-            item_keys,
+            caller_keys(item_ids, item_index_ids),
         ]
         for struct in self.plan.structs:
             values = column(events, struct.name)
@@ -362,17 +361,6 @@ def _refuse_unpaired_surrogates(row: msgspec.Struct) -> None:
 
 
 # --------------------------------------------------------------------------- columns
-
-
-def _index_id_array(values: Sequence[int | str]) -> tuple[pa.Array, pa.Array]:
-    """Caller ids (ints that fit 64 bits, non-empty strings, mixed) -> int64 index ids and
-    the caller's keys (`stream.ids.caller_keys`), vectorised."""
-    try:
-        ids = pa.array(values)  # int64 or string in the common, unmixed case
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # mixed, or ints past int64
-        ids = pa.array([str(v) for v in values], pa.string())  # an int and its decimal string are one id
-    index_ids = to_index_ids(ids) if len(ids) else np.zeros(0, np.int64)
-    return pa.array(index_ids, pa.int64()), caller_keys(ids, index_ids)
 
 
 def _feature_array(kind: str, values: Sequence[Any]) -> pa.Array:
