@@ -195,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(verbose: bool) -> None:
     """The project's own INFO lines; third parties (FAISS's loader, kafka-python) only from WARNING.
 
-    kafka-python logs every failed connection attempt as an ERROR (``kafka.conn``); the
-    project reports an unreachable broker itself in one line, so that logger is quiet
-    unless ``verbose``. kafka-python's other errors (authentication, commits) still show.
+    kafka-python logs every failed connection attempt (``kafka.conn``, ``kafka.client``)
+    and every cancelled or retried group request (``kafka.coordinator``, e.g. a consumer
+    closed mid-join) as an ERROR, and retries them itself; the project reports an
+    unreachable broker, failed commits and lag in its own lines, so those loggers are
+    quiet unless ``verbose``. kafka-python's other errors still show.
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
@@ -208,6 +210,7 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger("kafka").setLevel(logging.ERROR)
         logging.getLogger("kafka.conn").setLevel(logging.CRITICAL)
         logging.getLogger("kafka.client").setLevel(logging.CRITICAL)  # "No node available", retries
+        logging.getLogger("kafka.coordinator").setLevel(logging.CRITICAL)  # cancelled / retried group requests
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "job skipped: still running" is expected
 
 
