@@ -7,6 +7,7 @@ bugs show a traceback. Third-party libraries log only warnings unless ``--verbos
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -74,6 +75,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from inttower.distributed import coordinator_from_env
 
     config = _config(args.config)
+    if args.init_from:
+        config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, init_from=args.init_from))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -92,6 +95,18 @@ def _cmd_train(args: argparse.Namespace) -> None:
         f"({summary.events / max(summary.seconds, 1e-9):.0f}/s); dead-lettered {sum(summary.dead_lettered.values())}; "
         f"{summary.checkpoints} checkpoints; {quality}"
     )
+
+
+def _cmd_fit(args: argparse.Namespace) -> None:
+    from inttower.commands import fit_history
+
+    fit_history(Path(args.log), Path(args.out), _config(args.config), args.until, args.since)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from inttower.commands import evaluate_checkpoint
+
+    evaluate_checkpoint(Path(args.checkpoint), Path(args.log), _config(args.config), getattr(args, "from"), args.until)
 
 
 def _cmd_replay(args: argparse.Namespace) -> None:
@@ -163,7 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="the long-running training daemon (Kafka -> online IntTower)")
     train.add_argument("--config", help="TOML config ([stream], [model], [train], [online], [daemon])")
+    train.add_argument("--init-from", metavar="CKPT",
+                       help="start from this fitted checkpoint (inttower fit --out) when the daemon has none of its own "
+                       "(overrides [daemon] init_from)")
     train.set_defaults(run=_cmd_train)
+
+    fit = commands.add_parser("fit", help="batch-fit the model on a logged history (a checkpoint to start the daemon from)")
+    fit.add_argument("log", help="Parquet click log, or a directory of them (read in chunks, in path order)")
+    fit.add_argument("--out", required=True, help="checkpoint directory to write (then: inttower train --init-from OUT)")
+    fit.add_argument("--config", help="TOML config ([model], [train]: epochs, batch size, learning rate, ...)")
+    fit.add_argument("--until", metavar="TIME", help="fit on events before TIME (epoch ms or ISO-8601, UTC if no zone)")
+    fit.add_argument("--since", metavar="TIME", help="and at or after TIME")
+    fit.set_defaults(run=_cmd_fit)
+
+    ev = commands.add_parser("eval", help="AUC, logloss and calibration of a checkpoint on a click log")
+    ev.add_argument("checkpoint", help="a checkpoint directory (its newest) or one ckpt-* directory")
+    ev.add_argument("log", help="Parquet click log, or a directory of them")
+    ev.add_argument("--config", help="TOML config the checkpoint was made with ([model])")
+    ev.add_argument("--from", metavar="TIME", help="only events at or after TIME (epoch ms or ISO-8601)")
+    ev.add_argument("--until", metavar="TIME", help="only events before TIME")
+    ev.set_defaults(run=_cmd_eval)
 
     rep = commands.add_parser("replay", help="produce a Parquet click log into a Kafka topic in event-time order")
     rep.add_argument("log", help="Parquet click log (inttower data ...)")

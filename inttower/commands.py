@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import signal
 import threading
 import time
@@ -12,7 +13,7 @@ import pyarrow as pa
 
 from inttower.config import AppConfig
 from inttower.errors import UserError
-from stream.clicklog import write_click_log
+from stream.clicklog import ClickLogScan, parse_event_time, write_click_log
 from stream.datasets import data_home, download_movielens
 from stream.movielens import import_movielens
 from stream.synthetic import generate_synthetic_log
@@ -86,3 +87,55 @@ def write_synthetic_log(out: Path, config: AppConfig, events: int | None = None,
     table = generate_synthetic_log(dataclasses.replace(options, **overrides))
     write_click_log(table, out)
     print(f"wrote {out}: {table.num_rows} events, {time.perf_counter() - started:.1f} s")
+
+
+def _time_range(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    try:
+        return (None if since is None else parse_event_time(since)), (None if until is None else parse_event_time(until))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def fit_history(log: Path, out: Path, config: AppConfig, until: str | None, since: str | None) -> None:
+    """`inttower fit`: batch-fit the config's model on a logged history, save a checkpoint to warm-start from."""
+    from model.batch_fit import fit_log, save_fit
+
+    since_ms, until_ms = _time_range(since, until)
+    scan = ClickLogScan(log, config.train.fit_chunk_events, since_ms, until_ms)
+    done = fit_log(scan, config.model, config.train, config.online, progress=True)
+    written = save_fit(done, str(out), config.model, scan)
+    q, r = done.validation, done.result
+    print(f"fitted {config.model.kind} on {done.train_events} events in {done.seconds:.0f} s: "
+          f"kept epoch {r.best_epoch} of {r.epochs_run} (validation AUC by epoch: {', '.join(f'{a:.4f}' for a in r.validation_auc)})")
+    print(_quality_table({config.model.kind: q}, f"held-out latest {q.events} events (used for early stopping)"))
+    print(f"checkpoint {written.path} (watermark {_show_time(done.watermark_ms)}); "
+          f"start the daemon from it with: inttower train --init-from {out}")
+
+
+def evaluate_checkpoint(checkpoint: Path, log: Path, config: AppConfig, since: str | None, until: str | None) -> None:
+    """`inttower eval`: AUC, logloss and calibration of a checkpoint's models on a log's events."""
+    from tqdm import tqdm
+
+    from model.batch_fit import evaluate_log
+    from model.warm_start import WarmStartError, find_checkpoint
+
+    since_ms, until_ms = _time_range(since, until)
+    scan = ClickLogScan(log, config.train.fit_chunk_events, since_ms, until_ms)
+    try:
+        found = find_checkpoint(checkpoint)
+        qualities = evaluate_log(found, scan, config.model, config.train.device,
+                                 progress_chunks=lambda chunks: tqdm(chunks, desc="scoring", unit="chunk", leave=False))
+    except WarmStartError as exc:
+        raise UserError(str(exc)) from None
+    print(_quality_table(qualities, f"{found.path} on {log}" + (f" from {_show_time(since_ms)}" if since_ms is not None else "")))
+
+
+def _quality_table(qualities: dict, title: str) -> str:
+    rows = [f"{title}", "| model | AUC | logloss | calibration (predicted / observed clicks) | events | positives |",
+            "|---|---|---|---|---|---|"]
+    rows += [f"| {kind} | {q.auc:.4f} | {q.logloss:.4f} | {q.calibration:.3f} | {q.events} | {q.positives} |" for kind, q in qualities.items()]
+    return "\n".join(rows)
+
+
+def _show_time(ms: int) -> str:
+    return f"{ms} ({datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC)"

@@ -60,6 +60,9 @@ class DaemonConfig:
     """The long-running trainer: checkpoints, status, and when (if ever) to stop by itself."""
 
     checkpoint_dir: str = "runs/checkpoints"
+    # A fitted checkpoint (`inttower fit --out DIR`) to start from when checkpoint_dir has
+    # none of its own; the daemon's own checkpoints take over after its first one.
+    init_from: str | None = None
     checkpoint_every_s: float = field(default=60.0, metadata={"gt": 0.0})
     checkpoint_every_events: int = field(default=500_000, metadata={"ge": 1})
     keep_checkpoints: int = field(default=3, metadata={"ge": 1})

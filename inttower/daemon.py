@@ -47,6 +47,7 @@ from inttower.telemetry import Telemetry
 from model.audit import TrainedEventLog
 from model.build import build_model
 from model.checkpoint import CheckpointStore
+from model.warm_start import WarmStartError, config_dict, find_checkpoint, load_trainer_states
 from model.config import CS3Config, FeatureField
 from model.device import resolve_device
 from model.features import FeatureEncoder
@@ -133,6 +134,7 @@ class TrainingDaemon:
         self.offsets: dict[int, int] = {}  # next offset of each partition this rank reads
         self._restored_offsets: dict[int, int] = {}
         self._restored_name: str | None = None  # the checkpoint restored, if any
+        self.init_watermark_ms: int | None = None  # set by a warm start: the latest event time the fit covered
         self.events = 0  # the job's: identical on every rank
         self.dead_lettered: Counter[str] = Counter()  # this rank's (rank 0: plus the restored totals)
         self._job_dead_lettered: Counter[str] = Counter()  # every rank's, as of the last checkpoint
@@ -180,6 +182,8 @@ class TrainingDaemon:
         """Load the newest valid checkpoint, if any; True when one was restored."""
         checkpoint = self.store.latest()
         if checkpoint is None:
+            if self.config.daemon.init_from:
+                self._warm_start(self.config.daemon.init_from)
             return False
         meta = checkpoint.metadata
         for slot in self.slots:
@@ -210,6 +214,29 @@ class TrainingDaemon:
         log.info("restored %s: %d events, offsets %s", checkpoint.path.name, self.events, self.offsets)
         return True
 
+    def _warm_start(self, path: str) -> None:
+        """Start from a fitted checkpoint (no checkpoint of our own yet): weights, Adam state, step count.
+
+        Only the trainer state is taken: offsets, metrics and counters start fresh, and
+        the daemon's first checkpoint supersedes it for every restart after.
+        """
+        try:
+            found = find_checkpoint(path)
+            states = load_trainer_states(found, self.config.model, [s.name for s in self.slots], self.device)
+        except WarmStartError as exc:
+            raise UserError(f"--init-from: {exc}") from None
+        for slot in self.slots:
+            if slot.name not in states:
+                log.info("warm start: %s holds no %s model; it starts fresh", found.path, slot.name)
+                continue
+            try:
+                slot.trainer.load_state_dict(states[slot.name])
+            except (RuntimeError, KeyError, ValueError) as exc:
+                first = str(exc).splitlines()[0]
+                raise UserError(f"--init-from: {found.path} does not match the model config ({first})") from None
+        self.init_watermark_ms = found.metadata.get("watermark_ms")
+        log.info("warm start from %s (%s, events up to %s)", found.path, ", ".join(sorted(states)), self.init_watermark_ms)
+
     def checkpoint(self) -> None:
         """Every rank calls it at the same iteration; rank 0 writes every rank's offsets."""
         started = time.perf_counter()
@@ -231,6 +258,7 @@ class TrainingDaemon:
             self.audit.sync()
         metadata = {
             "models": [s.name for s in self.slots],
+            "model_config": config_dict(self.config.model),
             "offsets": {str(p): o for p, o in sorted(offsets.items())},
             "events": self.events,
             "dead_lettered": dict(self._job_dead_lettered),
@@ -345,7 +373,7 @@ class TrainingDaemon:
             features = self.encoder.encode(batch.table) if rows else self._stand_in
             weight = agreement.loss_weight(self.coordinator.rank)
             for slot in self.slots:
-                results[slot.name] = slot.trainer.step(features, weight)
+                results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows)
             if rows:
                 for observer in self.observers:
                     observer.on_batch(batch.table, results)

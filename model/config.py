@@ -137,6 +137,10 @@ class TrainConfig:
     max_epochs: int = field(default=10, metadata={"ge": 1})
     patience: int = field(default=3, metadata={"ge": 1})
     validation_fraction: float = field(default=0.1, metadata={"gt": 0.0, "lt": 1.0})
+    # `inttower fit` keeps its validation events (the latest ones) in memory: at most this many.
+    max_validation_events: int = field(default=200_000, metadata={"ge": 1})
+    # `inttower fit` / `eval` read the log in chunks of this many events (memory is bounded by it).
+    fit_chunk_events: int = field(default=262_144, metadata={"ge": 1})
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present, else "cpu"; or "cpu", "cuda", "cuda:1"
     threads: int = field(default=0, metadata={"ge": 0})  # torch CPU threads; 0 = torch's default
@@ -157,3 +161,6 @@ class OnlineConfig:
     grad_clip_norm: float = field(default=10.0, metadata={"gt": 0.0})
     amp: bool = False  # bfloat16 autocast on CUDA; ignored on the CPU
     min_batch_events: int = field(default=2, metadata={"ge": 2})  # BatchNorm needs two rows to step
+    # Scale the step size (sqrt rule) and BatchNorm momentum (linear) from [train]
+    # batch_size to each step's events; see `OnlineTrainer.scale_to_batch`.
+    scale_to_batch: bool = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,12 +32,25 @@ class Evaluation:
 
 @dataclass
 class FitResult:
-    """What `fit` did: the epoch it kept and how long epochs took."""
+    """What `fit` did: the epoch it kept and how long epochs took.
+
+    ``optimizer_state`` and ``steps`` are the Adam state and step count *at the kept
+    epoch*, beside its weights: a model continued online (`OnlineTrainer.continue_from`)
+    goes on from the same moments instead of a fresh optimizer's first steps.
+    """
 
     best_epoch: int
     epochs_run: int
     seconds_per_epoch: float
     validation_auc: list[float] = field(default_factory=list)
+    optimizer_state: dict = field(default_factory=dict, repr=False)
+    steps: int = 0
+    events_trained: int = 0
+
+
+#: Training rows: in memory, or a function that reads them afresh each epoch as a sequence
+#: of chunks (a log bigger than memory; each chunk is shuffled on its own).
+TrainRows = FeatureBatch | Callable[[], Iterable[FeatureBatch]]
 
 
 @torch.no_grad()
@@ -61,7 +75,7 @@ def evaluate(model: PreRanker, batch: FeatureBatch) -> Evaluation:
 
 def fit(
     model: PreRanker,
-    train: FeatureBatch,
+    train: TrainRows,
     validation: FeatureBatch,
     config: TrainConfig,
     progress: bool = True,
@@ -69,35 +83,49 @@ def fit(
     """Adam over shuffled mini-batches; keep the epoch with the best validation AUC.
 
     Stops after ``config.patience`` epochs without improvement and restores the best
-    weights, as the authors' early stopping does.
+    weights, as the authors' early stopping does. ``train`` may be read chunk by chunk
+    (`TrainRows`): then rows are shuffled within each chunk, and memory is bounded by
+    the chunk, not the log.
     """
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     device = model.device
-    best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    best_auc, best_epoch = -1.0, 0
+    best_state, best_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    best_steps = best_events = steps = events = 0
     history: list[float] = []
-    model.init_output_bias(train.select(slice(0, config.batch_size)).to(device))
     epoch_seconds: list[float] = []
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         started = time.perf_counter()
-        order = torch.randperm(len(train), generator=generator)
-        batches = range(0, len(train), config.batch_size)
-        for start in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
-            index = order[start : start + config.batch_size]
-            if index.numel() < 2:  # BatchNorm needs two rows
+        for batch in tqdm(_shuffled_batches(train, config.batch_size, generator), desc=f"epoch {epoch}", unit="batch",
+                          leave=False, disable=not progress):
+            if len(batch) < 2:  # BatchNorm needs two rows
                 continue
-            batch = train.select(index).to(device)
+            batch = batch.to(device)
+            if steps == 0:
+                model.init_output_bias(batch)
             loss = model.loss(batch).total
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps, events = steps + 1, events + len(batch)
         epoch_seconds.append(time.perf_counter() - started)
         auc = evaluate(model, validation).auc
         history.append(auc)
         if auc > best_auc:
-            best_auc, best_epoch, best_state = auc, epoch, copy.deepcopy(model.state_dict())
+            best_auc, best_epoch = auc, epoch
+            best_state, best_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+            best_steps, best_events = steps, events
         elif epoch - best_epoch >= config.patience:
             break
     model.load_state_dict(best_state)
-    return FitResult(best_epoch, len(history), float(np.mean(epoch_seconds)), history)
+    return FitResult(best_epoch, len(history), float(np.mean(epoch_seconds)), history, best_optimizer, best_steps, best_events)
+
+
+def _shuffled_batches(train: TrainRows, batch_size: int, generator: torch.Generator) -> Iterator[FeatureBatch]:
+    chunks = [train] if isinstance(train, FeatureBatch) else train()
+    for chunk in chunks:
+        order = torch.randperm(len(chunk), generator=generator)
+        for start in range(0, len(chunk), batch_size):
+            yield chunk.select(order[start : start + batch_size])

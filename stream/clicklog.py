@@ -8,9 +8,15 @@ and of which kind, is decided by the feature spec in the config, never here.
 
 from __future__ import annotations
 
+import datetime
+import functools
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from stream.ids import is_id_type, to_index_ids
@@ -101,3 +107,84 @@ def with_index_ids(table: pa.Table) -> pa.Table:
             raise ValueError(f"column {name!r}: {exc}") from None
         table = table.set_column(table.schema.get_field_index(name), name, pa.array(ids, pa.int64()))
     return table
+
+
+def parse_event_time(value: str | int) -> int:
+    """An event time given by a user (epoch milliseconds, or ISO-8601) as epoch milliseconds.
+
+    ISO-8601 without a zone is read as UTC, so the same command means the same events
+    on every machine.
+    """
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        return int(value)
+    try:
+        moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an event time: give epoch milliseconds or ISO-8601 (2026-11-30T12:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class ClickLogScan:
+    """Rows of a click log (a Parquet file, or a directory of them) with ``since_ms <= ts < until_ms``.
+
+    Read in chunks of about ``chunk_rows`` rows through a pyarrow dataset, so memory is
+    bounded by the chunk, not the log. Files of a directory are read in path order and
+    each file in row order: the log must be in event-time order, as `inttower data`
+    writes it (a directory of daily files named by date is). ``rows`` counts the matching
+    rows without reading the columns.
+    """
+
+    path: Path
+    chunk_rows: int = 262_144
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def _dataset(self) -> ds.Dataset:
+        if not self.path.exists():
+            raise ClickLogError(f"{self.path}: no such click-log file or directory")
+        try:
+            dataset = ds.dataset(self.path, format="parquet")
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ClickLogError(f"{self.path}: not a readable Parquet file or directory ({exc})") from exc
+        if not dataset.files:
+            raise ClickLogError(f"{self.path}: no Parquet files in it")
+        validate_schema(dataset.schema, str(self.path))
+        return dataset
+
+    def _filter(self) -> ds.Expression | None:
+        conditions = []
+        if self.since_ms is not None:
+            conditions.append(ds.field("ts") >= self.since_ms)
+        if self.until_ms is not None:
+            conditions.append(ds.field("ts") < self.until_ms)
+        return functools.reduce(operator.and_, conditions) if conditions else None
+
+    def rows(self) -> int:
+        return self._dataset().count_rows(filter=self._filter())
+
+    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
+        """Matching rows ``[start, stop)`` in log order, as tables of up to ``chunk_rows`` with index ids."""
+        scanner = self._dataset().scanner(filter=self._filter(), batch_size=self.chunk_rows, use_threads=False)
+        seen, pending, pending_rows = 0, [], 0
+        for batch in scanner.to_batches():
+            lo, hi = max(start - seen, 0), len(batch) if stop is None else min(len(batch), stop - seen)
+            seen += len(batch)
+            if hi > lo:
+                pending.append(batch.slice(lo, hi - lo))
+                pending_rows += hi - lo
+            if pending_rows >= self.chunk_rows:
+                yield self._table(pending)
+                pending, pending_rows = [], 0
+            if stop is not None and seen >= stop:
+                break
+        if pending:
+            yield self._table(pending)
+
+    def _table(self, batches: list[pa.RecordBatch]) -> pa.Table:
+        try:
+            return with_index_ids(pa.Table.from_batches(batches))
+        except ValueError as exc:
+            raise ClickLogError(f"{self.path}: {exc}") from None

@@ -177,7 +177,7 @@ def _replica(rank: int, port: int, out: str) -> None:
                 if i == 3 and rank == 1:
                     batch.item.numeric[:] = float("nan")  # this replica's loss is not finite
                 agreement = coordinator.agree(Vote(0 if part is None else len(batch)))
-                result = trainer.step(batch, agreement.loss_weight(rank))
+                result = trainer.step(batch, agreement.loss_weight(rank), agreement.total_rows)
                 report["digests"].append(parameter_digest([trainer.model]))
                 report["buffers"].append([b.sum().item() for b in trainer.model.buffers()])
                 report["stepped"].append(result.stepped)
