@@ -121,7 +121,8 @@ def _cmd_replay(args: argparse.Namespace) -> None:
         overrides["bootstrap_servers"] = tuple(args.bootstrap.split(","))
     config = dataclasses.replace(config, **overrides)
     summary = replay(
-        read_click_log(args.log, index_ids=False), config, rate=args.rate, speedup=args.speedup, fmt=args.format, progress=True
+        read_click_log(args.log, index_ids=False), config, rate=args.rate, speedup=args.speedup, fmt=args.format, progress=True,
+        stamp_event_times=args.stamp_event_times,
     )
     print(f"replayed {summary.events} events in {summary.messages} messages, {summary.seconds:.1f} s, {summary.events_per_s:.0f} events/s")
 
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--speedup", type=float, help="replay event-time gaps divided by this factor")
     pace.add_argument("--max", action="store_true", help="as fast as possible (the default)")
     rep.add_argument("--format", choices=("json", "arrow"), default="json")
+    rep.add_argument("--stamp-event-times", action="store_true",
+                     help="record timestamps = event times ([stream] start_at can then seek by time; the topic needs "
+                     "retention.ms = -1 or Kafka deletes old-stamped records)")
     rep.add_argument("--config", help="TOML config ([stream] security settings)")
     rep.set_defaults(run=_cmd_replay)
 

@@ -285,6 +285,11 @@ class TrainingDaemon:
         except (TopicNotFoundError, ValueError) as exc:
             raise UserError(str(exc)) from None
         stream = self.config.stream
+        if self.init_watermark_ms is not None and stream.start_at == "earliest":
+            # Warm-started: the fit covered events up to its watermark; the stream goes on after it.
+            stream = replace(stream, start_at=self.init_watermark_ms + 1)
+            log.info("warm start: partitions without a position start after the fit's watermark (set [stream] start_at "
+                     "to override; 0 reads every event)")
         if partitions is not None:
             stream = replace(stream, assignment="static")
             self.offsets = {p: o for p, o in self.offsets.items() if p in partitions}

@@ -75,9 +75,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any, NamedTuple
 
+import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stream.arrow_events import decode_arrow_message
 from stream.events import EventSchema
@@ -131,10 +133,13 @@ __all__ = [  # the public API: every name other modules import from here
     "REJECT_REASONS",
     "WRONG_TYPE",
     "Decoded",
+    "EventTimes",
     "RawMessage",
     "Reject",
     "count_events",
     "decode_messages",
+    "drop_leading_events",
+    "event_times",
     "encode_arrow_batch",
     "encode_json_event",
     "is_arrow",
@@ -197,6 +202,61 @@ def count_events(message: RawMessage, max_message_bytes: int) -> int:
     except (pa.ArrowException, OSError, ValueError):
         return 1
     return max(rows, 1)
+
+
+class EventTimes(NamedTuple):
+    """What `event_times` read from a message: its events, the first at or after a time, the latest."""
+
+    events: int  # as `count_events` counts them
+    first_at_or_after: int | None  # index of the first event whose ts >= the time asked for
+    max_ts: int | None  # the largest readable ts; None when no event has one
+
+
+class _TsOnly(msgspec.Struct):
+    ts: Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)] | None = None
+
+
+_TS_ONLY = msgspec.json.Decoder(_TsOnly)
+
+
+def event_times(message: RawMessage, since_ms: int, max_message_bytes: int) -> EventTimes:
+    """The event times a message carries, for starting a partition at an event time.
+
+    Reads only ``ts``: a JSON event's ``ts`` when it is an integer (int64), an Arrow
+    message's integer ``ts`` column (null rows have none). A message that is oversize or
+    unreadable, or lacks a usable ``ts``, has no event at or after any time (one event, as
+    `count_events` says). The rest of the event is not validated here: the decoder does
+    that for what is kept.
+    """
+    if len(message.value) > max_message_bytes:
+        return EventTimes(1, None, None)
+    if not is_arrow(message):
+        try:
+            ts = _TS_ONLY.decode(message.value).ts
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            ts = None
+        if ts is None:
+            return EventTimes(1, None, None)
+        return EventTimes(1, 0 if ts >= since_ms else None, ts)
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(message.value)).read_all()
+    except (pa.ArrowException, OSError, ValueError):
+        return EventTimes(1, None, None)
+    rows = max(table.num_rows, 1)
+    if "ts" not in table.column_names or not pa.types.is_integer(table.schema.field("ts").type):
+        return EventTimes(rows, None, None)
+    ts = table.column("ts")
+    at_or_after = pc.fill_null(pc.greater_equal(ts, pa.scalar(since_ms, pa.int64())), False)
+    first = pc.index(at_or_after, True).as_py()
+    return EventTimes(rows, None if first < 0 else first, pc.max(ts).as_py())
+
+
+def drop_leading_events(message: RawMessage, count: int) -> RawMessage:
+    """``message`` without its first ``count`` events (an Arrow message, re-encoded; same headers and offset)."""
+    if count <= 0:
+        return message
+    table = pa.ipc.open_stream(pa.py_buffer(message.value)).read_all()
+    return message._replace(value=encode_arrow_batch(table.slice(count)))
 
 
 # --------------------------------------------------------------------------- decoding

@@ -9,7 +9,17 @@ producer and admin client all accept, so the three are always configured alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
+
+#: The named ``start_at`` values (anything else is an event time).
+START_AT_NAMES: tuple[str, ...] = ("earliest", "latest", "committed")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+_START_AT_FORMS = (
+    '"earliest", "latest", "committed", an event time in epoch milliseconds (an integer >= 0) '
+    'or an ISO-8601 time such as "2026-11-30T12:00:00Z" (UTC when it has no zone offset)'
+)
 
 #: kafka-python's default fetch size per partition; the consumer never asks for less.
 
@@ -37,6 +47,14 @@ class StreamConfig:
     (default) verifies when the native ``crc32c`` package is importable and skips it
     otherwise (the broker already validated the CRC on produce and TCP checksums the
     transfer; the pure-Python check would cap a consumer at ~15k JSON messages/s here).
+
+    ``start_at``: where a partition starts when it has no position of its own (neither a
+    checkpoint's ``start_offsets`` entry nor, after a rebalance, the consumer's own next
+    offset: those always win). ``"earliest"`` (default): its earliest offset.
+    ``"latest"``: its end when first assigned (only events produced after that are read).
+    ``"committed"``: the group's committed offset, else earliest. An event time (epoch
+    milliseconds, or an ISO-8601 string; parsed once into ``start_at_ms``): its first event
+    in offset order whose ``ts`` is at least that time; `stream.consumer` says how.
 
     The ``security_*``, ``sasl_*`` and ``ssl_*`` settings are passed to kafka-python
     unchanged (only those that are set).
@@ -67,6 +85,8 @@ class StreamConfig:
     request_timeout_ms: int = field(default=30000, metadata={"ge": 1000})
     startup_timeout_s: float = field(default=30.0, metadata={"gt": 0.0})
     prefetch_batches: int = field(default=4, metadata={"ge": 1})
+    # "earliest" | "latest" | "committed" | an event time: epoch ms, or ISO-8601 (see above).
+    start_at: str | int = "earliest"
     # None: verify record CRCs only when the C implementation (package ``crc32c``) is
     # installed; kafka-python's pure-Python CRC-32C costs about half the consumer's time.
     check_crcs: bool | None = None
@@ -77,9 +97,15 @@ class StreamConfig:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    #: ``start_at`` as an event time in epoch ms; None when it names a start (set by __post_init__).
+    start_at_ms: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = []
+        try:
+            object.__setattr__(self, "start_at_ms", parse_start_at(self.start_at))
+        except ValueError as exc:
+            problems.append(str(exc))
         if not self.bootstrap_servers or any(not s.strip() for s in self.bootstrap_servers):
             problems.append(f"bootstrap_servers must list at least one host:port, got {self.bootstrap_servers!r}")
         if not self.topic:
@@ -101,6 +127,36 @@ class StreamConfig:
             )
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def parse_start_at(value: object) -> int | None:
+    """``start_at`` as epoch milliseconds, or None for "earliest"/"latest"/"committed".
+
+    An integer (or a string of digits) is epoch ms, >= 0 (Kafka record timestamps are not
+    negative); another string is one of the names or an ISO-8601 time
+    (``datetime.fromisoformat``: a zone offset is honoured, a time without one is UTC, as
+    `stream.clicklog.parse_event_time` reads them), truncated to whole milliseconds.
+    Anything else is a ValueError naming the field and the accepted forms.
+    """
+    if isinstance(value, str):
+        if value in START_AT_NAMES:
+            return None
+        if value.strip().isascii() and value.strip().isdigit():
+            value = int(value)
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            ms = (when - _EPOCH) // _ONE_MS
+            if ms >= 0:
+                return ms
+    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    raise ValueError(f"start_at must be {_START_AT_FORMS}; got {value!r}")
 
 
 #: Security settings passed through to kafka-python when they are not None.

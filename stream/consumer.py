@@ -13,7 +13,35 @@ offset, and after any group rebalance (a broker pause, a member joining) it seek
 assigned partition back to its *own* next offset: the one after the last message it has
 handed out. So a rebalance never skips or repeats an event, and a restart from a
 checkpoint's ``next_offsets`` reads every event exactly once across runs. Committed group
-offsets only serve lag monitoring and are never read back.
+offsets only serve lag monitoring and are never read back (unless ``start_at`` says so,
+below).
+
+Partitions without a position (no ``start_offsets`` entry, none of its own yet) start
+where ``[stream] start_at`` says, decided once per partition (a later assignment reuses
+the decision): ``"earliest"`` (default); ``"latest"``: the partition's end when first
+assigned (the highwater of a fetch: a ListOffsets end is wrong on Tansu); ``"committed"``:
+the group's committed offset, else earliest. The offset ``latest``/``committed`` chose is
+the partition's position from then on, so every batch's ``next_offsets`` carries it and a
+checkpoint keeps it (a restart does not choose again).
+
+``start_at`` an event time T: each partition starts at its first event, in offset order,
+whose ``ts`` >= T, and everything after that event is consumed normally (later events
+with ts < T included). The polling thread reads the partition from a start hint and drops
+what precedes that event: whole messages, and in an Arrow message the rows before its
+first qualifying row. Only ``ts`` is read to find the event, so what is dropped is
+neither validated nor dead-lettered. A dropped message advances ``next_offsets`` like a
+rejected one; `skipped_before_start` counts the dropped events, and one INFO line per
+partition says where it started. The hint is Kafka's offsets-for-times answer for T,
+which is exact when record timestamps are event times (`stream.replay` writes a JSON
+message's ``ts``, an Arrow message's largest ``ts``) and the broker looks up record
+timestamps (Apache Kafka, CreateTime topics). It is trusted only when the first message
+read from it is the record the broker named (same offset and timestamp) and that
+record's timestamp is its event time (its ``ts``; for Arrow its largest ``ts``);
+otherwise the partition is read from its earliest offset. The check catches Tansu (it
+looks up append times, not record timestamps), LogAppendTime topics and producers that
+leave record timestamps at their send time; it cannot catch a producer that sets event
+times on some records and not on others. No answer (T after every record; on Tansu
+offset 0 with timestamp -1) or one not past the earliest offset reads from earliest.
 """
 
 from __future__ import annotations
@@ -23,15 +51,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from stream.broker import wait_for_broker
-from stream.codec import RawMessage, Reject, count_events, decode_messages
+from stream.codec import RawMessage, Reject, count_events, decode_messages, drop_leading_events, event_times
 from stream.config import StreamConfig, kafka_client_options, resolve_check_crcs
-from stream.consumer_clients import ConsumerClient, Positions, open_client
+from stream.consumer_clients import ConsumerClient, OffsetLookup, Positions, open_client
 from stream.events import EventSchema
 
 log = logging.getLogger(__name__)
@@ -95,12 +123,28 @@ class _Pending:
         self.events = 0
 
 
+@dataclass
+class _StartSearch:
+    """A partition read until its first event with ts >= ``start_at_ms`` (polling thread only).
+
+    Kept until a message of the partition is in a batch: a rebalance before that re-reads
+    from the partition's position, and the start message must be cut the same way again.
+    """
+
+    hint: int | None = None  # offsets-for-times answer, still to check against the first message read
+    hint_ts: int | None = None  # the record timestamp the broker said ``hint`` has
+    found_at: int | None = None  # offset of the message holding the start, once found
+    skipped_messages: int = 0
+    skipped_events: int = 0
+
+
 class ClickStreamConsumer:
     """Batches of click events from ``config.topic``; see the module docstring for offsets.
 
     ``start_offsets``: partition -> next offset to read (a checkpoint's ``next_offsets``);
-    partitions absent from it start at the earliest offset. ``partitions``: required in
-    ``static`` assignment (exactly these are read), not allowed in ``group`` mode.
+    partitions absent from it start where ``config.start_at`` says (default: the earliest
+    offset). ``partitions``: required in ``static`` assignment (exactly these are read),
+    not allowed in ``group`` mode.
 
     Thread-safety: `next_batch`, `commit`, `lag`, `assigned_partitions` and `close` may be
     called from any one caller thread; the Kafka client itself is only touched by the
@@ -128,6 +172,15 @@ class ClickStreamConsumer:
         self._delivered: dict[int, int] = dict(start_offsets or {})
         self._highwater: dict[int, int] = {}
         self._first_seen: dict[int, int] = {}
+        # start_at (polling thread; the constructor in static mode): the start chosen for a
+        # partition that had no position (None: earliest), reused when it is assigned again
+        # before it has one; partitions still looking for their first event at start_at_ms.
+        self._starts: dict[int, int | None] = {}
+        self._searches: dict[int, _StartSearch] = {}
+        # Caller side (under _lock): positions known without a batch (a start chosen by
+        # start_at, messages dropped before it), for lag; events dropped per partition.
+        self._floors: dict[int, int] = {}
+        self._skipped: dict[int, int] = {}
         self._assigned: frozenset[int] = frozenset()
         self._commit_request: dict[int, int] = {}
         self._commit_not_before = 0.0
@@ -151,7 +204,7 @@ class ClickStreamConsumer:
                 self._client.subscribe(self._on_assigned, self._on_revoked)
             else:
                 chosen = sorted(set(partitions or ()))
-                self._client.assign({p: self._positions.get(p) for p in chosen})
+                self._client.assign(self._start_positions(chosen))
                 self._assigned = frozenset(chosen)
             self._thread = threading.Thread(target=self._run, name=f"click-stream-{config.topic}", daemon=True)
             self._thread.start()
@@ -200,9 +253,16 @@ class ClickStreamConsumer:
                 hw = self._highwater.get(p)
                 if hw is None:
                     continue
-                position = self._delivered.get(p, self._first_seen.get(p, hw))
+                known = [o for o in (self._delivered.get(p), self._floors.get(p)) if o is not None]
+                position = max(known) if known else self._first_seen.get(p, hw)
                 lag[p] = max(0, hw - position)
             return lag
+
+    @property
+    def skipped_before_start(self) -> int:
+        """Events dropped because they precede their partition's start (``start_at`` an event time)."""
+        with self._lock:
+            return sum(self._skipped.values())
 
     def assigned_partitions(self) -> list[int]:
         """Partitions currently assigned to this consumer (sorted)."""
@@ -267,6 +327,8 @@ class ClickStreamConsumer:
         room = max(1, self.config.max_batch_events - self._pending.events)
         max_records = max(1, int(room / self._events_per_message))
         received = self._client.poll(timeout_ms, max_records)  # re-raises errors of rebalance callbacks
+        if self._searches:
+            received = self._find_starts(received)
         now = time.monotonic()
         events = 0
         first_seen: dict[int, int] = {}
@@ -319,6 +381,8 @@ class ClickStreamConsumer:
         for message in taken:
             first.setdefault(message.partition, message.offset)
             self._positions[message.partition] = message.offset + 1
+        for p in first if self._searches else ():
+            self._searches.pop(p, None)  # its start message is in a batch: positions cover the rest
         return Batch(
             table=decoded.table,
             next_offsets=dict(self._positions),
@@ -334,7 +398,7 @@ class ClickStreamConsumer:
             log.info("partitions revoked: %s", revoked)
 
     def _on_assigned(self, assigned: list[int]) -> Positions:
-        """Where each newly assigned partition resumes: this consumer's own next offset, or earliest (None).
+        """Where each newly assigned partition resumes: this consumer's own next offset, or its start.
 
         Runs inside the client's poll on the polling thread. Messages fetched but not
         batched are dropped: resuming at the own positions re-reads them.
@@ -342,13 +406,120 @@ class ClickStreamConsumer:
         self._pending.clear()
         with self._lock:
             self._assigned = frozenset(assigned)
-        positions = {p: self._positions.get(p) for p in assigned}
+        positions = self._start_positions(assigned)
         log.info(
             "partitions assigned: %s (resuming at %s)",
             assigned,
             {p: "earliest" if o is None else o for p, o in positions.items()},
         )
         return positions
+
+    # ------------------------------------------------------------------ start_at
+
+    def _start_positions(self, partitions: Iterable[int]) -> Positions:
+        """Own position where there is one, else the start ``start_at`` chose (once per partition; None: earliest)."""
+        partitions = sorted(partitions)
+        new = [p for p in partitions if p not in self._positions and p not in self._starts]
+        if new and self.config.start_at != "earliest":
+            self._choose_starts(new)
+        return {p: self._positions[p] if p in self._positions else self._starts.get(p) for p in partitions}
+
+    def _choose_starts(self, partitions: list[int]) -> None:
+        """Look up where ``start_at`` puts partitions that have no position (see the module docstring)."""
+        start_ms = self.config.start_at_ms
+        with OffsetLookup(self.config) as lookup:
+            if start_ms is None:
+                if self.config.start_at == "latest":
+                    chosen: dict[int, int | None] = dict(lookup.ends(partitions))
+                else:
+                    chosen = dict(lookup.committed(partitions))
+                for p, offset in chosen.items():
+                    self._starts[p] = offset
+                    if offset is not None:  # the position from now on: batches carry it, checkpoints keep it
+                        self._positions[p] = offset
+                with self._lock:
+                    self._floors.update({p: o for p, o in chosen.items() if o is not None})
+                log.info("start_at %s: partitions %s start at %s", self.config.start_at, partitions,
+                         {p: "earliest" if o is None else o for p, o in chosen.items()})
+                return
+            beginning = lookup.beginning(partitions)
+            answers = lookup.times(partitions, start_ms)
+        hints = {}
+        for p in partitions:
+            search = _StartSearch()
+            answer = answers.get(p)
+            if answer is not None and answer[1] >= start_ms and answer[0] > beginning[p]:
+                search.hint, search.hint_ts = answer
+                hints[p] = answer[0]
+            self._starts[p] = search.hint
+            self._searches[p] = search
+        log.info("start_at %s: partitions %s look for their first event with ts >= %d, from %s",
+                 self.config.start_at, partitions, start_ms,
+                 {p: f"offset {hints[p]} (offsets-for-times)" if p in hints else "earliest" for p in partitions})
+
+    def _find_starts(self, received: list[RawMessage]) -> list[RawMessage]:
+        """``received`` without what precedes each searching partition's first event at or after ``start_at_ms``.
+
+        A dropped message advances its partition's position, so the next batch's
+        ``next_offsets`` covers it; the message holding the start loses its rows before it
+        (Arrow). A hint that fails its check re-seeks the partition to its earliest offset
+        and drops the rest of its messages in ``received``.
+        """
+        start_ms = self.config.start_at_ms
+        assert start_ms is not None
+        limit = self.config.max_message_bytes
+        kept: list[RawMessage] = []
+        reseeked: set[int] = set()
+        skipped: dict[int, int] = {}
+        advanced: set[int] = set()
+        for message in received:
+            p = message.partition
+            search = self._searches.get(p)
+            if search is None or (search.found_at is not None and message.offset > search.found_at):
+                kept.append(message)
+                continue
+            if p in reseeked:
+                continue
+            times = event_times(message, start_ms, limit)
+            if search.hint is not None:
+                hint, hint_ts = search.hint, search.hint_ts
+                search.hint = search.hint_ts = None
+                if not (message.offset == hint and message.timestamp_ms == hint_ts == times.max_ts):
+                    log.info(
+                        "partition %d: offsets-for-times answered offset %d with timestamp %s, but the record there "
+                        "has timestamp %d and event time %s: not a lookup on event times; reading from the earliest offset",
+                        p, hint, hint_ts, message.timestamp_ms, times.max_ts,
+                    )
+                    self._starts[p] = None
+                    self._client.seek({p: None})
+                    reseeked.add(p)
+                    continue
+            first = times.first_at_or_after
+            if first is None:  # before the start: drop it, its offset still counts
+                search.skipped_messages += 1
+                search.skipped_events += times.events
+                skipped[p] = skipped.get(p, 0) + times.events
+                self._positions[p] = message.offset + 1
+                advanced.add(p)
+                continue
+            if first:
+                message = drop_leading_events(message, first)
+            if search.found_at is None:  # not again when a rebalance makes it re-read the message
+                search.found_at = message.offset
+                search.skipped_events += first
+                skipped[p] = skipped.get(p, 0) + first
+                log.info(
+                    "partition %d starts at offset %d%s, its first event with ts >= %d; %d events in %d messages skipped before it",
+                    p, message.offset, f" (row {first})" if first else "", start_ms,
+                    search.skipped_events, search.skipped_messages,
+                )
+            kept.append(message)
+        if skipped:
+            with self._lock:
+                for p, events in skipped.items():
+                    self._skipped[p] = self._skipped.get(p, 0) + events
+                self._floors.update({p: self._positions[p] for p in advanced})
+        return kept
 
     def _service_commit(self, final: bool = False) -> None:
         """Run the latest commit request, if any (polling thread only; never raises)."""

@@ -15,17 +15,22 @@ eagerly (all partitions revoked, then the new assignment) from inside `poll`: th
 ``on_assigned`` callback returns where each assigned partition resumes (None: at the
 earliest offset) and the client positions it there before any message is fetched.
 An error raised by a callback is re-raised by the next `poll`.
+
+`OffsetLookup` answers the start questions of ``[stream] start_at`` (a partition's
+beginning, its exact end, the group's committed offset, offsets for a time) the same way
+for both clients: it is a short-lived kafka-python consumer that never joins the group.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError, NoBrokersAvailable
 from kafka.structs import OffsetAndMetadata
 
 from stream.broker import BrokerUnavailableError
@@ -53,6 +58,9 @@ class ConsumerClient(Protocol):
 
     def subscribe(self, on_assigned: OnAssigned, on_revoked: OnRevoked) -> None:
         """Join the consumer group; the callbacks run inside `poll` on rebalances."""
+
+    def seek(self, positions: Positions) -> None:
+        """Move assigned partitions to ``positions``; messages already fetched from them are not delivered."""
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawMessage]:
         """Up to ``max_records`` messages in fetch order (per partition: offset order)."""
@@ -262,6 +270,11 @@ class ConfluentClient:
         self.raw.assign(self._partitions(positions))
         self._assigned = sorted(positions)
 
+    def seek(self, positions: Positions) -> None:
+        """librdkafka drops what it prefetched for a partition it seeks (a fetch version barrier)."""
+        for tp in self._partitions(positions):
+            self.raw.seek(tp)
+
     def subscribe(self, on_assigned: OnAssigned, on_revoked: OnRevoked) -> None:
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
         self.raw.subscribe([self._topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb, on_lost=self._revoke_cb)
@@ -322,3 +335,98 @@ class ConfluentClient:
 
     def close(self, timeout_ms: int) -> None:
         self.raw.close()
+
+
+# --------------------------------------------------------------------------- start offsets
+
+#: Probe fetches of `OffsetLookup.ends`: small, and answered at once at the end of a partition.
+_PROBE_FETCH_BYTES = 1024
+_PROBE_MAX_WAIT_MS = 10
+_PROBE_POLL_MS = 50
+
+
+class OffsetLookup:
+    """Start offsets for ``[stream] start_at``, looked up with a kafka-python consumer of its own.
+
+    Used by `ClickStreamConsumer` for partitions without a position, on either client, so
+    both start alike. It never joins the group (it only reads the group's committed
+    offsets), and lives for one assignment: open, ask, close. Lookups are bounded by
+    ``request_timeout_ms``; a failure raises (the consumer fails; restart it).
+
+    Answers on Tansu (the embedded broker), measured: ``beginning`` and the group's
+    ``committed`` offsets are right. A ListOffsets query for the end (kafka-python
+    ``end_offsets``/``seek_to_end``, librdkafka ``OFFSET_END``) answers the last record
+    batch's base offset + 1, so `ends` takes that as a lower bound and reads the
+    highwater mark of one fetch from there, which is right on both brokers. Offsets for a
+    time are looked up on the batches' *append* (wall-clock) times, not the records'
+    CreateTime timestamps, with the append time as the answer's timestamp, and a time
+    after the last append answers offset 0 with timestamp -1; `ClickStreamConsumer`
+    checks an answer against the record it points at before trusting it.
+    """
+
+    def __init__(self, config: StreamConfig) -> None:
+        self._topic = config.topic
+        self._timeout_s = config.request_timeout_ms / 1000.0
+        try:
+            self.raw = KafkaConsumer(
+                client_id=f"{CLIENT_ID}-lookup",
+                group_id=config.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=config.session_timeout_ms,  # never joins; kafka-python checks them
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
+                fetch_max_wait_ms=_PROBE_MAX_WAIT_MS,
+                max_partition_fetch_bytes=_PROBE_FETCH_BYTES,
+                fetch_max_bytes=_PROBE_FETCH_BYTES,
+                check_crcs=False,
+                **kafka_client_options(config),
+            )
+        except NoBrokersAvailable as exc:
+            raise BrokerUnavailableError(
+                f"no Kafka broker answered at {','.join(config.bootstrap_servers)} ({type(exc).__name__})"
+            ) from None
+
+    def __enter__(self) -> OffsetLookup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _tps(self, partitions: Sequence[int]) -> list[TopicPartition]:
+        return [TopicPartition(self._topic, p) for p in partitions]
+
+    def beginning(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Each partition's earliest offset."""
+        return {tp.partition: o for tp, o in self.raw.beginning_offsets(self._tps(partitions)).items()}
+
+    def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
+        """The group's committed offset of each partition (None: nothing committed)."""
+        timeout_ms = int(self._timeout_s * 1000)
+        return {tp.partition: self.raw.committed(tp, timeout_ms=timeout_ms) for tp in self._tps(partitions)}
+
+    def ends(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Each partition's end (the offset the next record produced gets): the highwater of a fetch."""
+        tps = self._tps(partitions)
+        if not tps:
+            return {}
+        lower = self.raw.end_offsets(tps)  # exact on Kafka; on Tansu at most the end
+        self.raw.assign(tps)
+        for tp in tps:
+            self.raw.seek(tp, lower[tp])
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            self.raw.poll(timeout_ms=_PROBE_POLL_MS, max_records=1)
+            marks = {tp: self.raw.highwater(tp) for tp in tps}
+            if all(mark is not None for mark in marks.values()):
+                return {tp.partition: max(int(mark), lower[tp]) for tp, mark in marks.items()}
+            if time.monotonic() > deadline:
+                missing = sorted(tp.partition for tp, mark in marks.items() if mark is None)
+                raise KafkaTimeoutError(f"no fetch response for partitions {missing} of {self._topic} within {self._timeout_s:.0f} s")
+
+    def times(self, partitions: Sequence[int], timestamp_ms: int) -> dict[int, tuple[int, int] | None]:
+        """Kafka's offsets-for-times: per partition (offset, timestamp of the record found), or None."""
+        found = self.raw.offsets_for_times({tp: timestamp_ms for tp in self._tps(partitions)})
+        return {tp.partition: None if answer is None else (answer.offset, answer.timestamp) for tp, answer in found.items()}
+
+    def close(self) -> None:
+        self.raw.close(autocommit=False, timeout_ms=int(self._timeout_s * 1000))

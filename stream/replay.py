@@ -6,6 +6,14 @@ that key; Arrow messages are cut per partition with the same murmur2 rule and se
 explicit partition, so a user's events land on the same partition in both formats and
 stay in time order within it.
 
+Record timestamps are the send time by default. With ``stamp_event_times`` they are
+event times (a JSON message's is its event's ``ts``, an Arrow message's the largest
+``ts`` of its rows), so Kafka's offsets-for-times answer for a time never lies past a
+message holding an event at or after it (``[stream] start_at`` then jumps close to its
+start instead of reading from earliest). Not the default: Kafka's time-based retention
+reads record timestamps too, and would delete a replayed old log at once unless the
+topic keeps it (``retention.ms = -1``). A negative ``ts`` keeps the send time.
+
 Pacing: ``rate`` events per second; or ``speedup`` (event-time gaps divided by it); or,
 with neither, as fast as the producer goes. An Arrow message is sent when its last event
 is due, and when paced it holds at most PACED_CHUNK_S seconds of traffic, so consumers
@@ -143,17 +151,22 @@ class _Failures:
                 self.first = exc
 
 
-def _split_to_fit(table: pa.Table, max_bytes: int) -> Iterator[bytes]:
-    """Arrow messages for ``table`` no longer than ``max_bytes`` (halving until they fit)."""
+def record_timestamp(ts: int | None, stamp: bool = True) -> int | None:
+    """The Kafka record timestamp for event time ``ts``: itself, or None (the send time) when negative, null or not ``stamp``."""
+    return ts if stamp and ts is not None and ts >= 0 else None
+
+
+def _split_to_fit(table: pa.Table, max_bytes: int, stamp: bool) -> Iterator[tuple[bytes, int | None]]:
+    """Arrow messages for ``table`` no longer than ``max_bytes`` (halving until they fit), with their record timestamps."""
     encoded = encode_arrow_batch(table)
     if len(encoded) <= max_bytes or table.num_rows <= 1:
         if len(encoded) > max_bytes:
             logger.warning("one event encodes to %d bytes > max_message_bytes %d; consumers will dead-letter it", len(encoded), max_bytes)
-        yield encoded
+        yield encoded, record_timestamp(pc.max(table.column("ts")).as_py(), stamp)
         return
     half = table.num_rows // 2
-    yield from _split_to_fit(table.slice(0, half), max_bytes)
-    yield from _split_to_fit(table.slice(half), max_bytes)
+    yield from _split_to_fit(table.slice(0, half), max_bytes, stamp)
+    yield from _split_to_fit(table.slice(half), max_bytes, stamp)
 
 
 def replay(
@@ -165,6 +178,7 @@ def replay(
     fmt: Literal["json", "arrow"] = "json",
     arrow_batch_events: int = 2048,
     progress: bool = True,
+    stamp_event_times: bool = False,
 ) -> ReplaySummary:
     """Produce every event of ``log`` (a click-log table or Parquet path) to ``config.topic``.
 
@@ -202,15 +216,16 @@ def replay(
     bar = tqdm(total=table.num_rows, unit="ev", desc=f"replay {fmt} -> {config.topic}", disable=not progress)
     try:
         if fmt == "json":
-            messages = _replay_json(producer, table, config.topic, due, pacer, failures, bar)
+            messages = _replay_json(producer, table, config.topic, due, pacer, failures, bar, stamp_event_times)
         else:
             partitions = sorted(producer.partitions_for(config.topic))
             rows_partition = user_partitions(table.column("user_id"), len(partitions))
             for p, rows in _arrow_chunks(rows_partition, due, arrow_batch_events):
                 if due is not None:
                     pacer.wait(float(due[rows[-1]]))
-                for value in _split_to_fit(table.take(pa.array(rows)), config.max_message_bytes):
-                    producer.send(config.topic, value=value, partition=partitions[p], headers=ARROW_HEADERS).add_errback(failures)
+                for value, timestamp_ms in _split_to_fit(table.take(pa.array(rows)), config.max_message_bytes, stamp_event_times):
+                    producer.send(config.topic, value=value, partition=partitions[p], headers=ARROW_HEADERS,
+                                  timestamp_ms=timestamp_ms).add_errback(failures)
                     messages += 1
                 bar.update(len(rows))
         producer.flush(timeout=FLUSH_TIMEOUT_S)
@@ -236,13 +251,15 @@ def _replay_json(
     pacer: _Pacer,
     failures: _Failures,
     bar: tqdm,
+    stamp: bool,
 ) -> int:
     keys = [str(u).encode() for u in table.column("user_id").to_pylist()]
+    timestamps = [record_timestamp(ts, stamp) for ts in table.column("ts").to_pylist()]
     sent = 0
     for index, value in enumerate(table_to_json_events(table, JSON_CHUNK_ROWS)):
         if due is not None:
             pacer.wait(float(due[index]))
-        producer.send(topic, value=value, key=keys[index], headers=JSON_HEADERS).add_errback(failures)
+        producer.send(topic, value=value, key=keys[index], headers=JSON_HEADERS, timestamp_ms=timestamps[index]).add_errback(failures)
         sent += 1
         if sent % JSON_CHUNK_ROWS == 0:
             bar.update(JSON_CHUNK_ROWS)

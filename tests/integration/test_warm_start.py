@@ -9,6 +9,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401
 import pytest
 import torch
 
@@ -33,7 +35,9 @@ def _trainer_state(checkpoint_path: Path) -> dict:
 def test_fit_then_warm_started_daemon_killed_resumes_from_its_own_checkpoint_exactly_once(broker, tmp_path):
     _topics(broker)
     table = generate_synthetic_log(SyntheticLogConfig(events=7000, seed=5))
-    history, live = table.slice(0, 3000), table.slice(3000)
+    split = int(table.column("ts")[3000].as_py())  # history: events before this time; the stream: the rest
+    history = table.filter(pa.compute.less(table.column("ts"), split))
+    live = table.filter(pa.compute.greater_equal(table.column("ts"), split))
     write_click_log(history, tmp_path / "history.parquet")
     replay(live, StreamConfig(bootstrap_servers=(broker.bootstrap,), topic=TOPIC), fmt="arrow", arrow_batch_events=256, progress=False)
     config = write_daemon_toml(tmp_path / "c.toml", broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, live.num_rows)
@@ -51,7 +55,7 @@ def test_fit_then_warm_started_daemon_killed_resumes_from_its_own_checkpoint_exa
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     out_first = first.stdout.read()
-    assert "warm start from" in out_first
+    assert "warm start from" in out_first and "start after the fit's watermark" in out_first
 
     own = CheckpointStore(tmp_path / "checkpoints", keep=10).all()
     assert own, "the warm-started daemon wrote no checkpoint of its own"
