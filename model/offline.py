@@ -46,6 +46,7 @@ class FitResult:
     optimizer_state: dict = field(default_factory=dict, repr=False)
     steps: int = 0
     events_trained: int = 0
+    batch_size: int = 0  # the fit's mini-batch size: the step an online continuation is scaled from
 
 
 #: Training rows: in memory, or a function that reads them afresh each epoch as a sequence
@@ -120,7 +121,8 @@ def fit(
         elif epoch - best_epoch >= config.patience:
             break
     model.load_state_dict(best_state)
-    return FitResult(best_epoch, len(history), float(np.mean(epoch_seconds)), history, best_optimizer, best_steps, best_events)
+    return FitResult(best_epoch, len(history), float(np.mean(epoch_seconds)), history, best_optimizer, best_steps, best_events,
+                     config.batch_size)
 
 
 def _shuffled_batches(train: TrainRows, batch_size: int, generator: torch.Generator) -> Iterator[FeatureBatch]:

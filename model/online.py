@@ -134,7 +134,7 @@ class OnlineTrainer:
         self.online = online
         self.optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
         self.learning_rate = train.learning_rate
-        self.reference_batch = train.batch_size
+        self.reference_batch: int | None = None  # the batch size of the fit this trainer continues (`continue_from`)
         self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._norm_momentum = [m.momentum for m in self._norms]
         self.window = CIRWindow(online.cir_window)
@@ -157,16 +157,19 @@ class OnlineTrainer:
     def scale_to_batch(self, events: int) -> None:
         """Set the step size and BatchNorm momentum for a step averaging over ``events`` events.
 
-        ``[train] learning_rate`` and BatchNorm's momentum are right for batches of
-        ``[train] batch_size`` (B) events, the size a batch fit uses. A stream cuts smaller
-        batches, and the same step size per batch then moves converged weights by far more
-        per event: measured on ML-100K, a fitted model continued online at batches of 256
-        lost 0.3-2.7 AUC points against itself frozen. So a step over n events uses the
-        square-root scaling rule for Adam (Malladi et al., NeurIPS 2022): learning rate
-        times sqrt(n / B); and BatchNorm's running statistics keep the same horizon in
-        *events*: momentum times n / B. ``[online] scale_to_batch = false`` turns it off.
+        Only for a trainer that continues a batch fit (`continue_from`): the fit converged
+        with ``[train] learning_rate`` and BatchNorm's momentum at batches of B events (its
+        ``batch_size``). A stream cuts smaller batches, and the same step per batch then
+        moves converged weights by far more per event: measured on ML-100K, a fitted model
+        continued online at batches of 256 lost 0.3-2.7 AUC points against itself frozen.
+        So a step over n events uses the square-root scaling rule for Adam (Malladi et
+        al., NeurIPS 2022): learning rate times sqrt(n / B); and BatchNorm's running
+        statistics keep the fit's horizon in *events*: momentum times n / B. A cold
+        trainer has no such reference: its learning rate is the online one as configured
+        (scaling it down measurably slows learning from scratch). ``[online]
+        scale_to_batch = false`` turns it off.
         """
-        if not self.online.scale_to_batch:
+        if not self.online.scale_to_batch or self.reference_batch is None:
             return
         ratio = max(events, 1) / self.reference_batch
         for group in self.optimizer.param_groups:
@@ -256,6 +259,7 @@ class OnlineTrainer:
         self.optimizer.load_state_dict(fit.optimizer_state)
         self.steps = fit.steps
         self.events_trained = fit.events_trained
+        self.reference_batch = fit.batch_size
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this trainer is (tensors on CPU)."""
@@ -266,6 +270,7 @@ class OnlineTrainer:
             "steps": self.steps,
             "events_trained": self.events_trained,
             "skipped": dict(self.skipped),
+            "reference_batch": -1 if self.reference_batch is None else self.reference_batch,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -275,3 +280,5 @@ class OnlineTrainer:
         self.steps = int(state["steps"])
         self.events_trained = int(state["events_trained"])
         self.skipped = Counter({str(k): int(v) for k, v in state["skipped"].items()})
+        reference = int(state.get("reference_batch", -1))  # absent: a checkpoint from before warm starts
+        self.reference_batch = None if reference < 0 else reference

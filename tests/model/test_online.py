@@ -135,3 +135,31 @@ def test_window_negatives_wait_for_the_warm_up():
     for batch in _batches(4):
         trainer.step(batch)
     assert seen == [False, False, True, True]
+
+
+def test_a_continued_fit_scales_step_size_and_batchnorm_momentum_to_each_steps_events():
+    from model.offline import fit
+
+    encoder = FeatureEncoder(SMALL.features)
+    data = encoder.encode(make_synthetic_like_table(600, seed=3))
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    train = TrainConfig(batch_size=128, max_epochs=1, learning_rate=1e-3)
+    result = fit(model, data.select(slice(0, 500)), data.select(slice(500, 600)), train, progress=False)
+    assert result.batch_size == 128 and result.steps == 4
+    cold, warm = _trainer(window=0), OnlineTrainer(model, train, OnlineConfig())
+    warm.continue_from(result)
+    norms = [m for m in warm.model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    warm.step(data.select(slice(0, 32)))
+    assert warm.steps == 5  # went on from the fit's count: no data-dependent bias start
+    assert warm.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (32 / 128) ** 0.5)
+    assert norms and all(m.momentum == pytest.approx(0.1 * 32 / 128) for m in norms)
+    cold.step(_batches(1, rows=32)[0])
+    assert cold.optimizer.param_groups[0]["lr"] == TrainConfig().learning_rate  # nothing to scale from
+    restored = OnlineTrainer(build_model(SMALL), train, OnlineConfig())
+    restored.load_state_dict(warm.state_dict())
+    assert restored.reference_batch == 128 and _trainer(window=0).reference_batch is None
+    off = OnlineTrainer(model, train, OnlineConfig(scale_to_batch=False))
+    off.continue_from(result)
+    off.step(data.select(slice(0, 32)))
+    assert off.optimizer.param_groups[0]["lr"] == 1e-3
