@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from inttower.config import AppConfig
 from inttower.errors import UserError
-from stream.clicklog import ClickLogScan, parse_event_time, write_click_log
+from stream.clicklog import ClickLogScan, write_click_log
+from stream.event_time import parse_event_time
 from stream.datasets import data_home, download_movielens
 from stream.movielens import import_movielens
 from stream.synthetic import generate_synthetic_log

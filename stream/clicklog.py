@@ -8,7 +8,6 @@ and of which kind, is decided by the feature spec in the config, never here.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import operator
 from collections.abc import Iterator
@@ -109,23 +108,6 @@ def with_index_ids(table: pa.Table) -> pa.Table:
     return table
 
 
-def parse_event_time(value: str | int) -> int:
-    """An event time given by a user (epoch milliseconds, or ISO-8601) as epoch milliseconds.
-
-    ISO-8601 without a zone is read as UTC, so the same command means the same events
-    on every machine.
-    """
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
-        return int(value)
-    try:
-        moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an event time: give epoch milliseconds or ISO-8601 (2026-11-30T12:00:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return int(moment.timestamp() * 1000)
-
-
 @dataclass(frozen=True)
 class ClickLogScan:
     """Rows of a click log (a Parquet file, or a directory of them) with ``since_ms <= ts < until_ms``.
@@ -167,7 +149,8 @@ class ClickLogScan:
 
     def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
         """Matching rows ``[start, stop)`` in log order, as tables of up to ``chunk_rows`` with index ids."""
-        scanner = self._dataset().scanner(filter=self._filter(), batch_size=self.chunk_rows, use_threads=False)
+        scanner = self._dataset().scanner(filter=self._filter(), batch_size=self.chunk_rows, use_threads=False,
+                                         batch_readahead=0, fragment_readahead=0)
         seen, pending, pending_rows = 0, [], 0
         for batch in scanner.to_batches():
             lo, hi = max(start - seen, 0), len(batch) if stop is None else min(len(batch), stop - seen)

@@ -9,13 +9,12 @@ producer and admin client all accept, so the three are always configured alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
+
+from stream.event_time import parse_event_time
 
 #: The named ``start_at`` values (anything else is an event time).
 START_AT_NAMES: tuple[str, ...] = ("earliest", "latest", "committed")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MS = timedelta(milliseconds=1)
 _START_AT_FORMS = (
     '"earliest", "latest", "committed", an event time in epoch milliseconds (an integer >= 0) '
     'or an ISO-8601 time such as "2026-11-30T12:00:00Z" (UTC when it has no zone offset)'
@@ -135,27 +134,18 @@ def parse_start_at(value: object) -> int | None:
     An integer (or a string of digits) is epoch ms, >= 0 (Kafka record timestamps are not
     negative); another string is one of the names or an ISO-8601 time
     (``datetime.fromisoformat``: a zone offset is honoured, a time without one is UTC, as
-    `stream.clicklog.parse_event_time` reads them), truncated to whole milliseconds.
+    `stream.event_time.parse_event_time` reads them), truncated to whole milliseconds.
     Anything else is a ValueError naming the field and the accepted forms.
     """
-    if isinstance(value, str):
-        if value in START_AT_NAMES:
-            return None
-        if value.strip().isascii() and value.strip().isdigit():
-            value = int(value)
-    if isinstance(value, str):
+    if isinstance(value, str) and value in START_AT_NAMES:
+        return None
+    if isinstance(value, (str, int)):
         try:
-            when = datetime.fromisoformat(value.strip())
+            ms = parse_event_time(value)
         except ValueError:
-            when = None
-        if when is not None:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            ms = (when - _EPOCH) // _ONE_MS
-            if ms >= 0:
-                return ms
-    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
+            ms = -1
+        if 0 <= ms < 2**63:
+            return ms
     raise ValueError(f"start_at must be {_START_AT_FORMS}; got {value!r}")
 
 

@@ -21,7 +21,8 @@ from model.offline import predict
 from model.warm_start import WarmStartError, find_checkpoint, load_trainer_states
 from monitoring.config import MonitoringConfig
 from monitoring.quality import roc_auc
-from stream.clicklog import ClickLogError, ClickLogScan, parse_event_time, write_click_log
+from stream.clicklog import ClickLogError, ClickLogScan, write_click_log
+from stream.event_time import parse_event_time
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
 from tests.conftest import REPO_ROOT
 
