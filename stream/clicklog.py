@@ -32,6 +32,9 @@ IDENTITY_COLUMNS: dict[str, pa.DataType] = {
 #: mapped to int64 index ids by `stream.ids.to_index_ids` where the trainer needs them).
 ID_COLUMNS: tuple[str, ...] = ("user_id", "item_id")
 TOWER_COLUMNS: tuple[str, ...] = ("user", "item")
+#: Rows per Parquet row group of the logs written here: a reader holds at least one row
+#: group in memory, so smaller groups keep `ClickLogScan`'s chunks the bound on memory.
+ROW_GROUP_EVENTS = 131_072
 OPTIONAL_TOWER_COLUMNS: tuple[str, ...] = ("context",)  # user-tower side, optional
 
 
@@ -66,7 +69,7 @@ def write_click_log(table: pa.Table, path: str | Path) -> Path:
     validate_schema(table.schema, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_EVENTS)
     tmp.replace(path)
     return path
 
