@@ -1,6 +1,6 @@
 """Peak memory of `inttower fit` against the size of the history it reads.
 
-    python -m bench.fit_memory [--sizes 1000000,10000000] [--model lr] [--epochs 1]
+    python -m bench.fit_memory [--sizes 1000000,3000000,10000000] [--model lr] [--epochs 1]
 
 For each size, a synthetic history is written as a directory of 1M-event Parquet files
 (a partitioned log, in event-time order), then ``inttower fit`` runs on it in a child
@@ -60,7 +60,7 @@ def peak_rss_of(command: list[str]) -> tuple[int, float, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000000,10000000", help="history sizes in events, comma-separated")
+    parser.add_argument("--sizes", default="1000000,3000000,10000000", help="history sizes in events, comma-separated")
     parser.add_argument("--model", default="lr", choices=("lr", "two_tower", "inttower"))
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args(argv)
