@@ -21,7 +21,7 @@ over exactly those rows:
   E in stream batches of ``--batch`` events: each batch is scored before the model
   trains on it (the prequential score).
 - B0, as before the fix (ablation): A's fitted model in a fresh `OnlineTrainer` with
-  ``scale_to_batch = false`` and no `continue_from` (fresh Adam, data-dependent
+  ``scale_to_batch = "off"`` and no `continue_from` (fresh Adam, data-dependent
   output-bias start on its first step, the full step size per small batch).
 - C, online only: a fresh seeded model trained test-then-train over all rows [0, n);
   only its predictions of E count.
@@ -176,7 +176,7 @@ def _run_seed(ds: DataSet, kind: str, seed: int, batch: int, device: torch.devic
     report("B", f" (online part: {seconds:.0f} s)")
 
     # B0: the same fit in a fresh trainer, as before the fix.
-    trainer = OnlineTrainer(model_b0, train, dataclasses.replace(ds.online, scale_to_batch=False))
+    trainer = OnlineTrainer(model_b0, train, dataclasses.replace(ds.online, scale_to_batch="off"))
     yb, pb, seconds = _prequential(trainer, data, s, n, batch)
     out["B0"] = _score(yb, pb, fit_events + trainer.events_trained, fit_seconds + seconds)
     report("B0", f" (online part: {seconds:.0f} s)")

@@ -161,6 +161,6 @@ class OnlineConfig:
     grad_clip_norm: float = field(default=10.0, metadata={"gt": 0.0})
     amp: bool = False  # bfloat16 autocast on CUDA; ignored on the CPU
     min_batch_events: int = field(default=2, metadata={"ge": 2})  # BatchNorm needs two rows to step
-    # Continuing a batch fit: scale the step size (sqrt rule) and BatchNorm momentum
-    # (linear) from the fit's batch size to each step's events (`OnlineTrainer.scale_to_batch`).
-    scale_to_batch: bool = True
+    # Continuing a batch fit: scale the step size ("linear" or "sqrt" rule) and BatchNorm
+    # momentum from the fit's batch size to each step's events (`OnlineTrainer.scale_to_batch`).
+    scale_to_batch: Literal["linear", "sqrt", "off"] = "linear"

@@ -162,18 +162,22 @@ class OnlineTrainer:
         ``batch_size``). A stream cuts smaller batches, and the same step per batch then
         moves converged weights by far more per event: measured on ML-100K, a fitted model
         continued online at batches of 256 lost 0.3-2.7 AUC points against itself frozen.
-        So a step over n events uses the square-root scaling rule for Adam (Malladi et
-        al., NeurIPS 2022): learning rate times sqrt(n / B); and BatchNorm's running
-        statistics keep the fit's horizon in *events*: momentum times n / B. A cold
-        trainer has no such reference: its learning rate is the online one as configured
-        (scaling it down measurably slows learning from scratch). ``[online]
-        scale_to_batch = false`` turns it off.
+        ``[online] scale_to_batch`` says how a step over n events is scaled: "linear"
+        (default): learning rate times n / B, so each event moves the weights as much as
+        in the fit (the linear scaling rule, Goyal et al. 2017); "sqrt": times sqrt(n / B),
+        the square-root rule derived for Adam (Malladi et al., NeurIPS 2022), which keeps
+        the fit's gradient noise, not its step per event; "off". Either rule keeps
+        BatchNorm's running statistics at the fit's horizon in *events*: momentum times
+        n / B. Measured on ML-100K (README, "From history to online"), "linear" helped
+        continued models where "sqrt" sometimes did not. A cold trainer has no reference
+        and is not scaled (scaling it down slowed learning from scratch).
         """
-        if not self.online.scale_to_batch or self.reference_batch is None:
+        rule = self.online.scale_to_batch
+        if rule == "off" or self.reference_batch is None:
             return
         ratio = max(events, 1) / self.reference_batch
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate * ratio ** 0.5
+            group["lr"] = self.learning_rate * (ratio if rule == "linear" else ratio ** 0.5)
         for norm, momentum in zip(self._norms, self._norm_momentum):
             if momentum is not None:
                 norm.momentum = min(1.0, momentum * ratio)

@@ -152,14 +152,18 @@ def test_a_continued_fit_scales_step_size_and_batchnorm_momentum_to_each_steps_e
     norms = [m for m in warm.model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     warm.step(data.select(slice(0, 32)))
     assert warm.steps == 5  # went on from the fit's count: no data-dependent bias start
-    assert warm.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (32 / 128) ** 0.5)
+    assert warm.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 32 / 128)
     assert norms and all(m.momentum == pytest.approx(0.1 * 32 / 128) for m in norms)
     cold.step(_batches(1, rows=32)[0])
     assert cold.optimizer.param_groups[0]["lr"] == TrainConfig().learning_rate  # nothing to scale from
     restored = OnlineTrainer(build_model(SMALL), train, OnlineConfig())
     restored.load_state_dict(warm.state_dict())
     assert restored.reference_batch == 128 and _trainer(window=0).reference_batch is None
-    off = OnlineTrainer(model, train, OnlineConfig(scale_to_batch=False))
+    root = OnlineTrainer(model, train, OnlineConfig(scale_to_batch="sqrt"))
+    root.continue_from(result)
+    root.step(data.select(slice(0, 32)))
+    assert root.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (32 / 128) ** 0.5)
+    off = OnlineTrainer(model, train, OnlineConfig(scale_to_batch="off"))
     off.continue_from(result)
     off.step(data.select(slice(0, 32)))
     assert off.optimizer.param_groups[0]["lr"] == 1e-3
