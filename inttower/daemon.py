@@ -13,7 +13,6 @@ metrics; every rank reads its own fixed share of the partitions.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -47,7 +46,7 @@ from inttower.telemetry import Telemetry
 from model.audit import TrainedEventLog
 from model.build import build_model
 from model.checkpoint import CheckpointStore
-from model.warm_start import WarmStartError, config_dict, find_checkpoint, load_trainer_states
+from model.warm_start import WarmStartError, config_dict, load_trainer, read_state, serialize_state, trainer_part, warm_start
 from model.config import CS3Config, FeatureField
 from model.device import resolve_device
 from model.features import FeatureEncoder
@@ -81,7 +80,7 @@ class ModelSlot:
 
     @property
     def part(self) -> str:
-        return f"trainer-{self.name}.pt"
+        return trainer_part(self.name)
 
 
 @dataclass
@@ -192,12 +191,10 @@ class TrainingDaemon:
                     f"{checkpoint.path}: has no state for model {slot.name!r} (it holds {', '.join(meta['models'])}); "
                     "use another daemon.checkpoint_dir to start fresh"
                 )
-            state = torch.load(io.BytesIO(checkpoint.read(slot.part)), map_location=self.device, weights_only=True)
             try:
-                slot.trainer.load_state_dict(state)
-            except (RuntimeError, KeyError, ValueError) as exc:
-                first = str(exc).splitlines()[0]
-                raise UserError(f"{checkpoint.path}: does not match the model config ({first}); use another daemon.checkpoint_dir") from None
+                load_trainer(slot.trainer, read_state(checkpoint, slot.part, self.device), checkpoint.path)
+            except WarmStartError as exc:
+                raise UserError(f"{exc}; use another daemon.checkpoint_dir") from None
             slot.auc.load_state_dict(meta["metrics"][slot.name]["auc"])
             slot.logloss.load_state_dict(meta["metrics"][slot.name]["logloss"])
         if self.index_sync is not None:
@@ -221,21 +218,13 @@ class TrainingDaemon:
         the daemon's first checkpoint supersedes it for every restart after.
         """
         try:
-            found = find_checkpoint(path)
-            states = load_trainer_states(found, self.config.model, [s.name for s in self.slots], self.device)
+            found, loaded = warm_start(path, self.config.model, {s.name: s.trainer for s in self.slots}, self.device)
         except WarmStartError as exc:
             raise UserError(f"--init-from: {exc}") from None
-        for slot in self.slots:
-            if slot.name not in states:
-                log.info("warm start: %s holds no %s model; it starts fresh", found.path, slot.name)
-                continue
-            try:
-                slot.trainer.load_state_dict(states[slot.name])
-            except (RuntimeError, KeyError, ValueError) as exc:
-                first = str(exc).splitlines()[0]
-                raise UserError(f"--init-from: {found.path} does not match the model config ({first})") from None
+        for name in sorted({s.name for s in self.slots} - set(loaded)):
+            log.info("warm start: %s holds no %s model; it starts fresh", found.path, name)
         self.init_watermark_ms = found.metadata.get("watermark_ms")
-        log.info("warm start from %s (%s, events up to %s)", found.path, ", ".join(sorted(states)), self.init_watermark_ms)
+        log.info("warm start from %s (%s, events up to %s)", found.path, ", ".join(loaded), self.init_watermark_ms)
 
     def checkpoint(self) -> None:
         """Every rank calls it at the same iteration; rank 0 writes every rank's offsets."""
@@ -249,9 +238,7 @@ class TrainingDaemon:
         self._job_dead_lettered = sum((Counter(share[1]) for share in shares), Counter())
         parts = {}
         for slot in self.slots:
-            buffer = io.BytesIO()
-            torch.save(slot.trainer.state_dict(), buffer)
-            parts[slot.part] = buffer.getvalue()
+            parts[slot.part] = serialize_state(slot.trainer.state_dict())
         if self.index_sync is not None:
             parts.update(self.index_sync.checkpoint_parts())
         if self.audit is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +101,11 @@ def save_fit(done: LogFit, out: str, model_config: ModelConfig, scan: ClickLogSc
 
 
 def evaluate_log(checkpoint: Checkpoint, scan: ClickLogScan, model_config: ModelConfig, device_name: str = "auto",
-                 progress_chunks=None) -> dict[str, Quality]:
-    """Quality of every model ``checkpoint`` holds (of the kinds ``model_config`` can build) on ``scan``'s rows."""
+                 progress_chunks: Callable[[Iterator[pa.Table]], Iterable[pa.Table]] | None = None) -> dict[str, Quality]:
+    """Quality of every model ``checkpoint`` holds (of the kinds ``model_config`` can build) on ``scan``'s rows.
+
+    ``progress_chunks`` wraps the chunk iterator (a progress bar).
+    """
     device = resolve_device(device_name)
     kinds = list(dict.fromkeys([model_config.kind, *checkpoint.metadata.get("models", [])]))
     states = load_trainer_states(checkpoint, model_config, kinds, device)

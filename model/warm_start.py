@@ -22,6 +22,7 @@ import torch
 
 from model.checkpoint import PREFIX, Checkpoint, CheckpointStore
 from model.config import ModelConfig
+from model.online import OnlineTrainer
 
 FIT_ORIGIN = "fit"
 
@@ -57,6 +58,20 @@ def serialize_state(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
+
+
+def read_state(checkpoint: Checkpoint, part: str, device: torch.device) -> dict:
+    """A trainer state written by `serialize_state` (tensors only: no pickle from disk)."""
+    return torch.load(io.BytesIO(checkpoint.read(part)), map_location=device, weights_only=True)
+
+
+def load_trainer(trainer: OnlineTrainer, state: dict, source: Path) -> None:
+    """``trainer.load_state_dict(state)``; a state of another shape is a `WarmStartError` naming ``source``."""
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        raise WarmStartError(f"{source}: does not match the model config ({first})") from None
 
 
 def find_checkpoint(path: str | Path) -> Checkpoint:
@@ -110,10 +125,22 @@ def load_trainer_states(checkpoint: Checkpoint, config: ModelConfig, kinds: list
         differences = config_differences(stored, config)
         if differences:
             raise WarmStartError(f"{checkpoint.path} was made for another model config: {'; '.join(differences)}")
-    states = {}
-    for kind in kinds:
-        if checkpoint.has(trainer_part(kind)):
-            states[kind] = torch.load(io.BytesIO(checkpoint.read(trainer_part(kind))), map_location=device, weights_only=True)
+    states = {kind: read_state(checkpoint, trainer_part(kind), device) for kind in kinds if checkpoint.has(trainer_part(kind))}
     if not states:
         raise WarmStartError(f"{checkpoint.path} holds no model of kind {' or '.join(kinds)} (it holds {', '.join(meta.get('models', []))})")
     return states
+
+
+def warm_start(path: str | Path, config: ModelConfig, trainers: dict[str, OnlineTrainer],
+               device: torch.device) -> tuple[Checkpoint, list[str]]:
+    """Load each of ``trainers`` (by model kind) that the fitted checkpoint at ``path`` holds; the others stay fresh.
+
+    Returns the checkpoint and the kinds loaded.
+    Raises `WarmStartError` (one line) when the checkpoint is missing, was made for
+    another model config, or holds none of the kinds.
+    """
+    found = find_checkpoint(path)
+    states = load_trainer_states(found, config, list(trainers), device)
+    for kind, state in states.items():
+        load_trainer(trainers[kind], state, found.path)
+    return found, sorted(states)
