@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+from scipy.stats import t as t_dist
 
 from stream.broker import EmbeddedBroker, create_topic
 from stream.config import StreamConfig
@@ -56,12 +57,22 @@ KIB_PER_MIB = 1024
 STOP_TIMEOUT_S = 120.0  # SIGTERM -> final checkpoint -> exit; then SIGKILL
 POLL_S = 0.2  # how often the main loop checks for the end between samples
 LOG_TAIL_LINES = 40
+TRACED_REPORT_MIN_S = 300.0  # memory reports under tracemalloc: each snapshot stalls the daemon for seconds
 
 # The daemon's log lines this bench reads (inttower/daemon.py, inttower/cli.py).
 STATUS_RE = re.compile(r"\bevents (\d+) \(\d+/s\)\s+lag (-?\d+)")
 INDEX_RE = re.compile(r"\bindex v(\d+) \((\d+) items")
 CHECKPOINT_RE = re.compile(r"\bcheckpoint \S+ at (\d+) events")
 STOPPED_RE = re.compile(r"^stopped after (\d+) events")
+# inttower/daemon.py's memory report (monitoring/memory.py `MemoryReading.line`).
+MEMORY_RE = re.compile(
+    r"memory at (?P<events>\d+) events: rss (?P<rss>[\d.]+) MiB(?: \(anon (?P<anon>[\d.]+)\))?"
+    r"(?:, malloc in use (?P<in_use>[\d.]+) / free (?P<free>[\d.]+) / arenas (?P<arenas>[\d.]+) MiB)?"
+    r", arrow \((?P<arrow_backend>\w+)\) (?P<arrow>[\d.]+) MiB"
+    r"(?:, python traced (?P<traced>[\d.]+) MiB)?; sizes: (?P<sizes>.*)$")
+#: The layers of a memory report, as (MEMORY_RE group, label).
+MEMORY_LAYERS = (("rss", "RSS"), ("anon", "RSS anonymous"), ("in_use", "malloc in use"), ("free", "malloc free"), ("arenas", "malloc arenas"),
+                 ("arrow", "Arrow pool"), ("traced", "Python traced"))
 
 
 @dataclass(frozen=True)
@@ -86,8 +97,12 @@ class SoakSettings:
     full_refresh_interval_s: float = 60.0
     status_every_s: float = 1.0
     warmup_fraction: float = 0.2
-    flat_mib_per_m: float = 5.0
+    flat_mib_per_m: float = 2.0
     stall_s: float = 300.0  # give up when trained events stop moving for this long
+    memory_report_s: float = 30.0  # [daemon] memory_report_every_s: where memory is, by layer
+    tracemalloc: bool = False  # run the daemon under PYTHONTRACEMALLOC=1: Python growth by source line (slower)
+    daemon_env: tuple[str, ...] = ()  # KEY=VALUE for the daemon's environment (MALLOC_ARENA_MAX=2, LD_PRELOAD=...)
+    daemon_settings: tuple[str, ...] = ()  # extra TOML lines for the daemon's [daemon] table
     plot: bool = True
 
 
@@ -103,6 +118,46 @@ class Sample:
     index_items: int | None
 
 
+@dataclass(frozen=True)
+class Slope:
+    """A least-squares slope with a 95% confidence interval that allows for autocorrelation.
+
+    Memory samples are a time series: consecutive residuals are correlated, so the plain
+    OLS interval would be too narrow. The standard error is widened by the lag-1
+    autocorrelation of the residuals (effective sample size n (1 - r) / (1 + r)), and
+    the interval uses Student's t with n_eff - 2 degrees of freedom.
+    """
+
+    slope: float
+    low: float
+    high: float
+    points: int
+    effective_points: float
+
+    def text(self, unit: str = "MiB per 1M events") -> str:
+        return f"{self.slope:+.2f} {unit} (95% CI {self.low:+.2f} .. {self.high:+.2f}; n {self.points}, n_eff {self.effective_points:.0f})"
+
+
+def fit_slope(x: np.ndarray, y: np.ndarray) -> Slope | None:
+    """``y`` against ``x`` (None with fewer than 3 points or one distinct x)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = x.size
+    if n < 3 or np.unique(x).size < 2:
+        return None
+    slope, intercept = np.polyfit(x, y, 1)
+    residuals = y - (slope * x + intercept)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    r1 = 0.0
+    if n > 3 and float(np.dot(residuals, residuals)) > 0:
+        r1 = float(np.dot(residuals[1:], residuals[:-1]) / np.dot(residuals, residuals))
+    r1 = min(max(r1, 0.0), 0.99)  # negative autocorrelation would narrow the interval: ignore it
+    n_eff = max(n * (1 - r1) / (1 + r1), 3.0)
+    sigma2 = float(np.dot(residuals, residuals)) / (n - 2)
+    se = math.sqrt(sigma2 / sxx * n / n_eff)
+    half = float(t_dist.ppf(0.975, n_eff - 2)) * se
+    return Slope(float(slope), float(slope) - half, float(slope) + half, n, n_eff)
+
+
 @dataclass
 class Fit:
     warmup_events: int
@@ -110,14 +165,19 @@ class Fit:
     slope_mib_per_m: float | None  # RSS MiB per million events trained
     growth_mib: float | None  # last minus first RSS after warm-up
     fitted_growth_mib: float | None  # slope times the events spanned after warm-up
-    flat: bool | None
+    flat: bool | None  # None: undecided (too few samples, or the interval straddles the threshold)
+    ci_low: float | None = None  # 95% confidence interval of the slope (see `Slope`)
+    ci_high: float | None = None
 
     def verdict(self, threshold: float) -> str:
         if self.slope_mib_per_m is None:
             return f"VERDICT: undecided (only {self.points} samples after warm-up; need 3)"
-        word = "flat" if self.flat else "GROWING"
-        sign = "<" if self.flat else ">="
-        return f"VERDICT: {word} (|slope| {abs(self.slope_mib_per_m):.2f} {sign} {threshold:g} MiB per 1M events)"
+        interval = f"slope {self.slope_mib_per_m:+.2f}, 95% CI {self.ci_low:+.2f} .. {self.ci_high:+.2f} MiB per 1M events"
+        if self.flat:
+            return f"VERDICT: flat ({interval}: all within +-{threshold:g})"
+        if self.flat is None:
+            return f"VERDICT: undecided ({interval}: straddles +-{threshold:g}; run longer)"
+        return f"VERDICT: GROWING ({interval}: beyond +-{threshold:g})"
 
 
 @dataclass
@@ -130,6 +190,9 @@ class SoakResult:
     checkpoints: int
     daemon_exit: int | None
     workdir_bytes: int  # checkpoints + index versions on disk at the end
+    memory: list[dict[str, float]] = field(default_factory=list)  # the daemon's memory reports (MiB by layer)
+    sizes: str = ""  # bounded structures at the last memory report
+    traced_growth: list[str] = field(default_factory=list)  # Python growth by line (with --tracemalloc)
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -158,6 +221,10 @@ class DaemonLog:
         self.index_items: int | None = None
         self.checkpoints = 0
         self.stopped_after: int | None = None
+        self.memory: list[dict[str, float]] = []  # one per memory report: events and MiB by layer
+        self.sizes = ""  # the last report's bounded-structure sizes
+        self.traced_growth: list[str] = []  # the last "python allocations grown" lines
+        self._in_growth = False
         self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         self._stream, self._path = stream, path
         self._thread = threading.Thread(target=self._read, name="daemon-log", daemon=True)
@@ -169,7 +236,17 @@ class DaemonLog:
                 copy.write(line)
                 copy.flush()
                 self.tail.append(line.rstrip())
-                if (m := STATUS_RE.search(line)) is not None:
+                if self._in_growth and line.startswith("  "):
+                    self.traced_growth.append(line.strip())
+                    continue
+                self._in_growth = "python allocations grown" in line
+                if self._in_growth:
+                    self.traced_growth = []
+                if (m := MEMORY_RE.search(line)) is not None:
+                    self.memory.append({k: float(v) for k, v in m.groupdict().items()
+                                        if v is not None and k not in ("sizes", "arrow_backend")})
+                    self.sizes = m.group("sizes")
+                elif (m := STATUS_RE.search(line)) is not None:
                     self.events, self.lag = int(m.group(1)), int(m.group(2))
                     if (i := INDEX_RE.search(line)) is not None:
                         self.index_version, self.index_items = int(i.group(1)), int(i.group(2))
@@ -199,6 +276,8 @@ checkpoint_dir = {q(str(workdir / "checkpoints"))}
 checkpoint_every_s = {settings.checkpoint_every_s}
 status_every_s = {settings.status_every_s}
 stop_when_idle_s = {max(600.0, 2 * settings.stall_s)}
+memory_report_every_s = {settings.memory_report_s}
+{chr(10).join(settings.daemon_settings)}
 
 [index]
 enabled = true
@@ -258,15 +337,39 @@ class Producer:
 
 
 def fit_growth(samples: list[Sample], total_events: int, warmup_fraction: float, flat_mib_per_m: float) -> Fit:
-    """Least-squares line of daemon RSS against events trained, over the samples after warm-up."""
+    """Daemon RSS against events trained over the samples after warm-up, with a verdict.
+
+    Flat when the slope's whole 95% interval lies within +-``flat_mib_per_m``; growing when
+    it lies wholly beyond; undecided otherwise (too short a run to tell).
+    """
     warmup = int(total_events * warmup_fraction)
     kept = [s for s in samples if s.events >= warmup and math.isfinite(s.rss_mib)]
-    if len(kept) < 3 or len({s.events for s in kept}) < 2:
-        return Fit(warmup, len(kept), None, None, None, None)
     x = np.array([s.events for s in kept], dtype=np.float64) / 1e6
     y = np.array([s.rss_mib for s in kept])
-    slope = float(np.polyfit(x, y, 1)[0])
-    return Fit(warmup, len(kept), slope, float(y[-1] - y[0]), slope * float(x[-1] - x[0]), abs(slope) < flat_mib_per_m)
+    fitted = fit_slope(x, y)
+    if fitted is None:
+        return Fit(warmup, len(kept), None, None, None, None)
+    if max(abs(fitted.low), abs(fitted.high)) < flat_mib_per_m:
+        flat: bool | None = True
+    elif fitted.low >= flat_mib_per_m or fitted.high <= -flat_mib_per_m:
+        flat = False
+    else:
+        flat = None
+    return Fit(warmup, len(kept), fitted.slope, float(y[-1] - y[0]), fitted.slope * float(x[-1] - x[0]), flat,
+               fitted.low, fitted.high)
+
+
+def layer_slopes(reports: list[dict[str, float]], warmup_events: int) -> dict[str, Slope]:
+    """Slope of every memory layer (`MEMORY_LAYERS`) over the daemon's memory reports after warm-up."""
+    kept = [r for r in reports if r["events"] >= warmup_events]
+    x = np.array([r["events"] for r in kept], dtype=np.float64) / 1e6
+    slopes = {}
+    for key, label in MEMORY_LAYERS:
+        if kept and all(key in r for r in kept):
+            fitted = fit_slope(x, np.array([r[key] for r in kept]))
+            if fitted is not None:
+                slopes[label] = fitted
+    return slopes
 
 
 def _stop_daemon(process: subprocess.Popen) -> int | None:
@@ -324,7 +427,8 @@ def run_soak(settings: SoakSettings) -> SoakResult:
             process = subprocess.Popen(
                 [sys.executable, "-m", "inttower.cli", "train", "--config", str(config)], cwd=REPO,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **({"PYTHONTRACEMALLOC": "1"} if settings.tracemalloc else {}),
+                     **dict(kv.split("=", 1) for kv in settings.daemon_env)},
             )
             log = DaemonLog(process.stdout, settings.out / "daemon.log")
             print(f"broker pid {broker.pid} on {broker.bootstrap}; daemon pid {process.pid}; "
@@ -372,7 +476,8 @@ def run_soak(settings: SoakSettings) -> SoakResult:
     assert log is not None
     trained = log.stopped_after if log.stopped_after is not None else log.events
     fit = fit_growth(samples, settings.events, settings.warmup_fraction, settings.flat_mib_per_m)
-    result = SoakResult(settings, samples, fit, trained, seconds, log.checkpoints, daemon_exit, workdir_bytes)
+    result = SoakResult(settings, samples, fit, trained, seconds, log.checkpoints, daemon_exit, workdir_bytes,
+                        log.memory, log.sizes, log.traced_growth)
     _report(result)
     return result
 
@@ -391,6 +496,18 @@ def _report(result: SoakResult) -> None:
           f"(warm-up = first {s.warmup_fraction:.0%} of events)")
     print(f"slope: {_fmt(fit.slope_mib_per_m, '+.2f')} MiB per 1M events; growth after warm-up: "
           f"{_fmt(fit.growth_mib, '+.1f')} MiB observed (first to last sample), {_fmt(fit.fitted_growth_mib, '+.1f')} MiB fitted")
+    slopes = layer_slopes(result.memory, fit.warmup_events)
+    if slopes:
+        print(f"by layer, from the daemon's {len(result.memory)} memory reports after warm-up (MiB per 1M events):")
+        for label, slope in slopes.items():
+            last = result.memory[-1][next(k for k, lab in MEMORY_LAYERS if lab == label)]
+            print(f"  {label:<14} {slope.text('')}  last {last:.1f} MiB")
+    if result.sizes:
+        print(f"bounded structures at the end: {result.sizes}")
+    if result.traced_growth:
+        print("python allocations grown since the first memory report (tracemalloc):")
+        for line in result.traced_growth:
+            print(f"  {line}")
     print(fit.verdict(s.flat_mib_per_m), flush=True)
     result.outputs["json"] = str(_write_json(result))
     if s.plot:
@@ -408,6 +525,10 @@ def _write_json(result: SoakResult) -> Path:
         "daemon_exit": result.daemon_exit,
         "workdir_bytes": result.workdir_bytes,
         "fit": dataclasses.asdict(result.fit),
+        "layers": {label: dataclasses.asdict(slope) for label, slope in layer_slopes(result.memory, result.fit.warmup_events).items()},
+        "memory_reports": result.memory,
+        "sizes": result.sizes,
+        "traced_growth": result.traced_growth,
         "verdict": result.fit.verdict(result.settings.flat_mib_per_m),
         "samples": [dataclasses.asdict(x) for x in result.samples],
     }
@@ -442,6 +563,10 @@ def _plot(result: SoakResult) -> Path:
         xs = np.array([x.events for x in kept]) / 1e6
         intercept = np.mean([x.rss_mib for x in kept]) - fit.slope_mib_per_m * xs.mean()
         left.plot(xs, intercept + fit.slope_mib_per_m * xs, "--", label=f"fit: {fit.slope_mib_per_m:+.2f} MiB / 1M events")
+    reports = result.memory
+    for key, label in MEMORY_LAYERS[1:]:
+        if reports and all(key in r for r in reports):
+            left.plot([r["events"] / 1e6 for r in reports], [r[key] for r in reports], ".-", ms=3, lw=0.8, label=label)
     left.set_xlabel("events trained (millions)")
     left.set_ylabel("MiB")
     left.set_title("Training daemon resident memory")
@@ -484,8 +609,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction, help="events left out of the fit")
     parser.add_argument("--flat-mib-per-m", type=float, default=defaults.flat_mib_per_m, help="verdict threshold on |slope|")
     parser.add_argument("--stall-s", type=float, default=defaults.stall_s)
+    parser.add_argument("--memory-report-s", type=float, default=defaults.memory_report_s,
+                        help="[daemon] memory_report_every_s: the daemon's memory-by-layer line")
+    parser.add_argument("--tracemalloc", action="store_true", help="run the daemon under PYTHONTRACEMALLOC=1 (slower)")
+    parser.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="set in the daemon's environment (repeatable), e.g. MALLOC_ARENA_MAX=2")
+    parser.add_argument("--daemon-setting", dest="daemon_settings", action="append", default=[], metavar="TOML",
+                        help="a line added to the daemon's [daemon] table (repeatable), e.g. 'malloc_arena_max = 2'")
     parser.add_argument("--no-plot", dest="plot", action="store_false")
     args = parser.parse_args(argv)
+    args.daemon_env, args.daemon_settings = tuple(args.daemon_env), tuple(args.daemon_settings)
+    for kv in args.daemon_env:
+        if "=" not in kv:
+            parser.error(f"--daemon-env {kv!r}: expected KEY=VALUE")
+    if args.tracemalloc and args.memory_report_s < TRACED_REPORT_MIN_S:
+        # A tracemalloc snapshot of a torch process holds the loop for tens of seconds.
+        print(f"--tracemalloc: memory reports every {TRACED_REPORT_MIN_S:.0f} s (snapshots are slow)", flush=True)
+        args.memory_report_s = TRACED_REPORT_MIN_S
     settings = SoakSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SoakSettings) if hasattr(args, f.name)})
     signal.signal(signal.SIGTERM, _terminate)
     run_soak(settings)

@@ -93,6 +93,11 @@ class DirtyItemTracker:
         now = time.time() if now is None else float(now)
         return max(0.0, now - oldest)
 
+    @property
+    def pending_rows(self) -> int:
+        """Touch rows held, duplicates included (bounded by consolidation)."""
+        return self._rows
+
     def __len__(self) -> int:
         """Distinct dirty ids (consolidates pending touches: O(n log n))."""
         with self._lock:

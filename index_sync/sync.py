@@ -107,6 +107,22 @@ class IndexSync:
         # Called in the publishing thread with each new ServingSnapshot (disk writers).
         self.on_snapshot: list[Callable[[ServingSnapshot], None]] = []
 
+    def bounded_sizes(self) -> dict[str, int]:
+        """Entries of what could grow with time (`TrainingDaemon.bounded_sizes`)."""
+        with self._evicted_lock:
+            evicted = sum(a.size for a in self._evicted)
+        current = self.index.current if self.index is not None else None
+        return {
+            "catalogue items": len(self.catalogue),
+            "catalogue stored rows": self.catalogue.stored_rows,
+            "item keys": len(self.keys),
+            "dirty touches": self.dirty.pending_rows,
+            "evictions pending": evicted,
+            "sync reports": len(self.reports),
+            "index vectors": (current.index.ntotal + (current.delta.ntotal if current.delta is not None else 0)
+                              if current is not None else 0),
+        }
+
     # -- training thread -----------------------------------------------------------------
     def observe(self, table: pa.Table, now: float | None = None) -> None:
         """After a step: remember the items' latest features and mark them dirty."""

@@ -79,6 +79,14 @@ class DaemonConfig:
     stop_when_idle_s: float | None = None
     # Points of the quality-vs-event-time history kept for reports (every N events).
     history_every_events: int = field(default=5_000, metadata={"ge": 1})
+    # At most this many history points per model: beyond, every other point is dropped and
+    # the spacing doubles, so weeks of running keep a bounded history of the whole run.
+    history_max_points: int = field(default=2_000, metadata={"ge": 2})
+    # A log line on where memory is (RSS, glibc heap in use / free, Arrow's pool, Python's
+    # traced bytes under PYTHONTRACEMALLOC) and the size of every bounded structure; 0: never.
+    memory_report_every_s: float = field(default=600.0, metadata={"ge": 0.0})
+    # Hand glibc's free heap pages back to the system this often (malloc_trim); 0: never.
+    malloc_trim_every_s: float = field(default=0.0, metadata={"ge": 0.0})
     # Debug: each rank appends a sha256 of its parameters after every step to
     # <dir>/digests-rank<r>.txt (multi-worker tests check the replicas stay identical).
     parameter_digest_dir: str | None = None

@@ -51,6 +51,7 @@ from model.config import CS3Config, FeatureField
 from model.device import resolve_device
 from model.features import FeatureEncoder
 from model.online import OnlineTrainer, StepResult
+from monitoring.memory import TracedGrowth, malloc_trim, read_memory
 from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
@@ -147,10 +148,12 @@ class TrainingDaemon:
         self._last_commit = time.monotonic()
         self._last_event = time.monotonic()
         self._events_at_status = 0
-        self.history = QualityClock(config.daemon.history_every_events)
+        self.history = QualityClock(config.daemon.history_every_events, config.daemon.history_max_points)
         self._first_batch_at: float | None = None
         self._last_telemetry = 0.0
         self._last_batch_at = 0.0
+        self._last_memory_report = self._last_trim = time.monotonic()
+        self._traced_growth = TracedGrowth()
 
     def _slot(self, name: str) -> ModelSlot:
         torch.manual_seed(self.config.train.seed)
@@ -430,6 +433,12 @@ class TrainingDaemon:
             self.checkpoint()
         if self.primary and now - self._last_status >= daemon.status_every_s:
             self._status(agreement.lag, now)
+        if daemon.memory_report_every_s and now - self._last_memory_report >= daemon.memory_report_every_s:
+            self._memory_report()
+            self._last_memory_report = now
+        if daemon.malloc_trim_every_s and now - self._last_trim >= daemon.malloc_trim_every_s:
+            malloc_trim()
+            self._last_trim = now
 
     def _checkpoint_timer_fired(self) -> bool:
         return self.primary and time.monotonic() - self._last_checkpoint >= self.config.daemon.checkpoint_every_s
@@ -444,6 +453,23 @@ class TrainingDaemon:
             self._index_status(),
         )
         self._last_status, self._events_at_status = now, self.events
+
+    def bounded_sizes(self) -> dict[str, int]:
+        """Entries held by every structure that could grow with time (each is bounded by a setting)."""
+        sizes = {f"history points ({s.name})": len(s.history) for s in self.slots}
+        if self.index_sync is not None:
+            sizes.update(self.index_sync.bounded_sizes())
+        return sizes
+
+    def _memory_report(self) -> None:
+        """Where memory is (see `monitoring.memory`): one log line, plus Python's growth by line when tracing."""
+        sizes = ", ".join(f"{name} {n:,}" for name, n in self.bounded_sizes().items())
+        log.info("memory at %d events: %s; sizes: %s", self.events, read_memory().line(), sizes)
+        grown = self._traced_growth.top()
+        if grown:
+            log.info("python allocations grown since the first memory report:\n  %s", "\n  ".join(grown))
+        else:
+            self._traced_growth.reset_baseline()
 
     def _index_status(self) -> str:
         snapshot = self.index_sync.snapshot if self.index_sync is not None else None

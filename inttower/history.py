@@ -24,10 +24,17 @@ class QualityClock:
     Batches alternate between partitions, each a little ahead or behind in event time:
     a point sits at the median event time of the events since the last one, kept
     monotone so the history reads as a time series.
+
+    A daemon runs for weeks, so the history is bounded: once a slot holds ``max_points``
+    points, every other point is dropped (the newest kept) and the spacing doubles. The
+    history always spans the whole run, at a resolution that halves as the run doubles.
     """
 
-    def __init__(self, every_events: int) -> None:
+    def __init__(self, every_events: int, max_points: int = 2_000) -> None:
+        if max_points < 2:
+            raise ValueError(f"max_points must be >= 2, got {max_points}")
         self.every_events = every_events
+        self.max_points = max_points
         self._next = every_events
         self._pending: list[np.ndarray] = []
         self._time_ms = 0
@@ -42,4 +49,8 @@ class QualityClock:
             slot.history.append({"events": events, "event_ts_ms": self._time_ms, "auc": slot.auc.get(),
                                  "logloss": slot.logloss.get()})
         self._pending.clear()
+        if len(slots) and len(slots[0].history) >= self.max_points:
+            for slot in slots:
+                del slot.history[len(slot.history) % 2 :: 2]  # every other point, the newest kept
+            self.every_events *= 2
         self._next = events + self.every_events

@@ -8,7 +8,7 @@ In multi-worker training every rank serves its own endpoint, on ``[monitoring] p
 rank`` (each a free port when the port is 0), and every series there carries a ``rank``
 label: rank 0 exports everything (the job's quality and steps, the index, checkpoints,
 and its own stream), the other ranks their own stream only (events consumed, dead
-letters, consumer lag, by partition).
+letters, consumer lag, by partition) and their own memory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
@@ -35,8 +35,9 @@ from stream.consumer import Batch
 
 log = logging.getLogger("inttower.telemetry")
 MS = 1000.0
-#: What ranks other than 0 export: their own throughput and lag (metric family names).
-RANK_STREAM_METRICS = frozenset({"inttower_events_consumed", "inttower_events_dead_lettered", "inttower_consumer_lag_messages"})
+#: What ranks other than 0 export: their own throughput, lag and memory (metric family names).
+RANK_STREAM_METRICS = frozenset({"inttower_events_consumed", "inttower_events_dead_lettered", "inttower_consumer_lag_messages",
+                                 "inttower_memory_bytes"})
 
 
 @dataclass
@@ -48,7 +49,6 @@ class ModelQuality:
     calibration: RollingCalibration
     drift: LoglossDriftDetector | None
     detections: int = 0
-    history: list = field(default_factory=list)
 
     def update(self, result: StepResult) -> int:
         for window in (*self.auc.values(), *self.logloss.values(), self.calibration):

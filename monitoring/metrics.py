@@ -13,8 +13,14 @@ never collide; `serve` exposes it over HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from monitoring.memory import read_memory
 
 #: Train steps take ~1-50 ms on a CPU at batch 256-2048, less on a GPU.
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -78,6 +84,8 @@ class TrainerMetrics:
                                              buckets=CHECKPOINT_BUCKETS, registry=r)
         self.checkpoint_last = Gauge("inttower_checkpoint_last_timestamp_seconds", "Unix time of the last checkpoint.",
                                      registry=r)
+        # -- process
+        r.register(MemoryCollector())
 
     def serve(self, host: str, port: int) -> int:
         """Expose the metrics on http://host:port/metrics (a daemon thread); returns the port.
@@ -93,6 +101,25 @@ class TrainerMetrics:
             server.shutdown()
             server.server_close()
             self._server = None
+
+
+class MemoryCollector(Collector):
+    """``inttower_memory_bytes{layer}``, read when scraped (see `monitoring.memory`): which layer grows."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        reading = read_memory()
+        family = GaugeMetricFamily("inttower_memory_bytes",
+                                   "Process memory by layer: resident set (and its anonymous part), glibc heap in use and free, Arrow's pool, "
+                                   "Python's traced bytes (under PYTHONTRACEMALLOC).", labels=["layer"])
+        family.add_metric(["rss"], reading.rss_bytes)
+        family.add_metric(["rss_anonymous"], reading.anon_bytes)
+        if reading.malloc is not None:
+            family.add_metric(["malloc_in_use"], reading.malloc.in_use_bytes)
+            family.add_metric(["malloc_free"], reading.malloc.free_bytes)
+        family.add_metric(["arrow"], reading.arrow_bytes)
+        if reading.python_traced_bytes is not None:
+            family.add_metric(["python_traced"], reading.python_traced_bytes)
+        yield family
 
 
 def observe_many(histogram, values: np.ndarray) -> None:

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import Sample, SoakSettings, fit_growth, run_soak
+import numpy as np
+
+from bench.soak import MEMORY_RE, Sample, SoakSettings, fit_growth, fit_slope, layer_slopes, run_soak
+from monitoring.memory import MallocInfo, MemoryReading
 
 
 def _sample(events: int, rss: float) -> Sample:
@@ -23,17 +26,51 @@ def test_fit_leaves_out_warmup_and_measures_mib_per_million_events() -> None:
     assert fit.points == len(steady) and fit.warmup_events == 250_000
     assert fit.slope_mib_per_m == pytest.approx(3.0)
     assert fit.growth_mib == pytest.approx(2.1) and fit.flat
+    assert fit.ci_low == pytest.approx(3.0) and fit.ci_high == pytest.approx(3.0)  # a perfect line: no doubt
     assert "flat" in fit.verdict(5.0)
     growing = fit_growth(steady, 1_000_000, 0.25, flat_mib_per_m=1.0)
-    assert not growing.flat and "GROWING" in growing.verdict(1.0)
+    assert growing.flat is False and "GROWING" in growing.verdict(1.0)
     assert fit_growth(steady[:2], 1_000_000, 0.25, 5.0).slope_mib_per_m is None  # too few points: undecided
+
+
+def test_slope_interval_widens_with_autocorrelated_noise_and_covers_the_truth() -> None:
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 20, 200)
+    white = 1.5 * x + rng.normal(0, 5.0, x.size)
+    walk = 1.5 * x + np.cumsum(rng.normal(0, 1.0, x.size))  # a staircase-like, strongly correlated series
+    plain, correlated = fit_slope(x, white), fit_slope(x, walk)
+    assert plain.low < 1.5 < plain.high
+    assert correlated.effective_points < plain.effective_points / 5
+    assert correlated.high - correlated.low > 2 * (plain.high - plain.low)
+    assert fit_slope(x[:2], white[:2]) is None
+
+
+def test_undecided_when_the_interval_straddles_the_threshold() -> None:
+    rng = np.random.default_rng(1)
+    noisy = [_sample(e, 500.0 + 2.0 * e / 1e6 + rng.normal(0, 20.0)) for e in range(0, 1_000_001, 100_000)]
+    fit = fit_growth(noisy, 1_000_000, 0.0, flat_mib_per_m=2.0)
+    assert fit.flat is None and "undecided" in fit.verdict(2.0)
+
+
+def test_memory_report_line_is_parsed_by_layer() -> None:
+    reading = MemoryReading(900 * 2**20, 700 * 2**20, MallocInfo(500 * 2**20, 10 * 2**20, 300 * 2**20, 210 * 2**20, 0),
+                            3 * 2**20, "mimalloc", 40 * 2**20)
+    line = f"12:00:00 inttower.daemon memory at 1234 events: {reading.line()}; sizes: history points (x) 3"
+    found = MEMORY_RE.search(line)
+    assert found is not None
+    assert float(found["rss"]) == 900.0 and float(found["anon"]) == 700.0 and float(found["in_use"]) == 300.0 and float(found["free"]) == 210.0
+    assert float(found["arrow"]) == 3.0 and float(found["traced"]) == 40.0 and found["sizes"] == "history points (x) 3"
+    reports = [{"events": float(e), "rss": 900.0 + e / 1e6, "in_use": 300.0} for e in range(0, 5_000_001, 500_000)]
+    slopes = layer_slopes(reports, warmup_events=0)
+    assert slopes["RSS"].slope == pytest.approx(1.0) and slopes["malloc in use"].slope == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.slow
 def test_small_soak_samples_memory_and_fits_a_slope(tmp_path: Path) -> None:
     settings = SoakSettings(events=25_000, sample_s=1.0, out=tmp_path / "out", batch_events=512, chunk_events=5_000,
                             max_ahead_events=10_000, checkpoint_every_s=2.0, sync_interval_s=1.0,
-                            full_refresh_interval_s=3.0, max_items=1_000, warmup_fraction=0.0, stall_s=40.0)
+                            full_refresh_interval_s=3.0, max_items=1_000, warmup_fraction=0.0, stall_s=40.0,
+                            memory_report_s=1.0)
     result = run_soak(settings)
     assert result.daemon_exit == 0
     assert result.trained == 25_000
@@ -48,3 +85,5 @@ def test_small_soak_samples_memory_and_fits_a_slope(tmp_path: Path) -> None:
     assert len(saved["samples"]) == len(series) and saved["verdict"].startswith("VERDICT")
     assert (tmp_path / "out" / "soak.png").stat().st_size > 0
     assert "stopped after 25000 events" in (tmp_path / "out" / "daemon.log").read_text()
+    assert result.memory and result.memory[-1]["rss"] > 50  # the daemon's memory reports were read
+    assert "history points" in result.sizes and "catalogue items" in result.sizes

@@ -150,7 +150,9 @@ def test_each_rank_serves_its_metrics_with_a_rank_label_and_other_ranks_only_the
     assert any(line.startswith('inttower_streaming_auc{') and 'rank="0"' in line for line in rank0)
     assert 'inttower_events_consumed_total{partition="1",rank="1"} 5.0' in rank1
     assert 'inttower_consumer_lag_messages{partition="1",rank="1"} 7.0' in rank1
-    assert all(line.startswith(("inttower_events_consumed", "inttower_events_dead_lettered", "inttower_consumer_lag"))
+    assert any(line.startswith('inttower_memory_bytes{layer="rss",rank="1"}') for line in rank1)
+    assert all(line.startswith(("inttower_events_consumed", "inttower_events_dead_lettered", "inttower_consumer_lag",
+                                "inttower_memory_bytes"))
                for line in rank1), rank1
     assert all('rank="' in line for line in rank0 + rank1)
 

@@ -1,0 +1,149 @@
+"""Where a long-running process's memory is: the kernel's view, glibc's heap, Arrow's pool, Python's.
+
+Resident memory alone cannot tell a leak from an allocator that keeps freed pages: a
+leak grows ``malloc in use`` (or Arrow's or Python's traced bytes), fragmentation grows
+RSS while ``malloc free`` grows with it. `read_memory` reads every layer at once so the
+daemon's log and metrics, and `bench.soak`, can say which one moved.
+
+``tracemalloc`` is used only when the process already traces (``PYTHONTRACEMALLOC=1``,
+or ``python -X tracemalloc``): tracing costs time on every allocation, so turning it
+on is an explicit debugging choice, never a default.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import tracemalloc
+from dataclasses import dataclass
+from functools import cache
+
+import pyarrow as pa
+
+MIB = 2**20
+
+
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc >= 2.33): every field a size_t."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallinfo2.restype = _Mallinfo2
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    except (OSError, AttributeError):  # not glibc, or a glibc older than 2.33
+        return None
+    return libc
+
+
+@dataclass(frozen=True)
+class MallocInfo:
+    """glibc's heap, over every arena: what the program holds and what the allocator keeps."""
+
+    heap_bytes: int  # obtained with brk/mmap for arenas (mallinfo2.arena)
+    mmapped_bytes: int  # large blocks mapped one by one (hblkhd); returned to the system on free
+    in_use_bytes: int  # allocated and not yet freed, arenas plus mapped blocks (uordblks + hblkhd)
+    free_bytes: int  # freed but kept by the allocator in its arenas (fordblks)
+    releasable_bytes: int  # free at the top of the main heap, returnable by malloc_trim (keepcost)
+
+
+def malloc_info() -> MallocInfo | None:
+    """glibc's ``mallinfo2()``; None where the C library is not glibc >= 2.33."""
+    libc = _libc()
+    if libc is None:
+        return None
+    info = libc.mallinfo2()
+    return MallocInfo(int(info.arena), int(info.hblkhd), int(info.uordblks + info.hblkhd), int(info.fordblks),
+                      int(info.keepcost))
+
+
+def malloc_trim() -> bool:
+    """Return free heap pages to the system (glibc ``malloc_trim(0)``); False where unavailable or nothing freed."""
+    libc = _libc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+def resident_bytes() -> tuple[int, int]:
+    """This process's resident set and its anonymous part (``/proc/self/status``); zeros where /proc is missing.
+
+    The rest of the resident set is file pages: the shared libraries' code (torch, FAISS,
+    Arrow), which is constant.
+    """
+    found = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon"):
+                    found[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return found.get("VmRSS", 0), found.get("RssAnon", 0)
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """One look at every layer; None where a layer cannot be read here."""
+
+    rss_bytes: int
+    anon_bytes: int  # the anonymous part of the resident set: heaps, mapped blocks, pools (not library code)
+    malloc: MallocInfo | None
+    arrow_bytes: int  # held by Arrow's default memory pool
+    arrow_backend: str  # mimalloc, jemalloc or system: each keeps freed memory its own way
+    python_traced_bytes: int | None  # tracemalloc's current total, when the process traces
+
+    def line(self) -> str:
+        """A one-line summary for the daemon's log."""
+        parts = [f"rss {self.rss_bytes / MIB:.1f} MiB (anon {self.anon_bytes / MIB:.1f})"]
+        if self.malloc is not None:
+            m = self.malloc
+            parts.append(f"malloc in use {m.in_use_bytes / MIB:.1f} / free {m.free_bytes / MIB:.1f} / "
+                         f"arenas {m.heap_bytes / MIB:.1f} MiB")
+        parts.append(f"arrow ({self.arrow_backend}) {self.arrow_bytes / MIB:.1f} MiB")
+        if self.python_traced_bytes is not None:
+            parts.append(f"python traced {self.python_traced_bytes / MIB:.1f} MiB")
+        return ", ".join(parts)
+
+
+def read_memory() -> MemoryReading:
+    pool = pa.default_memory_pool()
+    traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+    return MemoryReading(*resident_bytes(), malloc_info(), pool.bytes_allocated(), pool.backend_name, traced)
+
+
+class TracedGrowth:
+    """Python allocations that grew since a baseline snapshot, by source line (when tracing).
+
+    ``reset_baseline`` is called once warm-up is over; `top` then names the lines whose
+    live allocations grew the most since.
+    """
+
+    def __init__(self) -> None:
+        self._baseline: tracemalloc.Snapshot | None = None
+
+    @staticmethod
+    def _snapshot() -> tracemalloc.Snapshot:
+        return tracemalloc.take_snapshot().filter_traces((
+            tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+            tracemalloc.Filter(False, "<unknown>")))
+
+    def reset_baseline(self) -> None:
+        self._baseline = self._snapshot() if tracemalloc.is_tracing() else None
+
+    def top(self, limit: int = 8) -> list[str]:
+        """The ``limit`` lines grown most since the baseline, as ``+X KiB (+N blocks) file:line``."""
+        if self._baseline is None or not tracemalloc.is_tracing():
+            return []
+        stats = self._snapshot().compare_to(self._baseline, "lineno")
+        grown = [s for s in stats if s.size_diff > 0][:limit]
+        return [f"{s.size_diff / 1024:+,.0f} KiB ({s.count_diff:+,} blocks) {s.traceback[0].filename}:{s.traceback[0].lineno}"
+                for s in grown]

@@ -1,0 +1,65 @@
+"""Memory by layer: each layer moves when, and only when, memory of its kind is held."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from monitoring.memory import MIB, TracedGrowth, malloc_info, malloc_trim, read_memory
+
+pytestmark = pytest.mark.skipif(malloc_info() is None, reason="needs glibc >= 2.33 (mallinfo2)")
+
+
+def test_a_large_numpy_array_shows_in_malloc_in_use_and_anonymous_rss() -> None:
+    before = read_memory()
+    held = np.ones(64 * MIB // 8)  # 64 MiB through glibc malloc, every page touched
+    after = read_memory()
+    assert after.malloc.in_use_bytes - before.malloc.in_use_bytes >= 60 * MIB
+    assert after.anon_bytes - before.anon_bytes >= 60 * MIB
+    assert after.rss_bytes >= after.anon_bytes
+    assert after.arrow_bytes == before.arrow_bytes  # not Arrow's
+    del held
+    assert read_memory().malloc.in_use_bytes < after.malloc.in_use_bytes - 60 * MIB
+
+
+def test_an_arrow_buffer_shows_in_arrows_pool_only() -> None:
+    before = read_memory()
+    buffer = pa.allocate_buffer(32 * MIB)
+    after = read_memory()
+    assert after.arrow_bytes - before.arrow_bytes >= 32 * MIB
+    assert abs(after.malloc.in_use_bytes - before.malloc.in_use_bytes) < 8 * MIB
+    assert after.arrow_backend == pa.default_memory_pool().backend_name
+    del buffer
+
+
+def test_freed_small_blocks_are_kept_as_free_until_trimmed() -> None:
+    blocks = [bytearray(4096) for _ in range(20_000)]  # ~80 MiB of small heap blocks
+    del blocks[:-1]  # the last one pins the top of the heap: the rest stays as free space inside it
+    kept = read_memory().malloc.free_bytes
+    assert kept >= 40 * MIB
+    malloc_trim()
+    assert read_memory().malloc.free_bytes <= kept  # trimming returns pages, never invents free space
+    del blocks
+
+
+def test_line_names_every_layer() -> None:
+    line = read_memory().line()
+    assert line.startswith("rss ") and "(anon " in line and "malloc in use" in line and "arrow (" in line
+
+
+def test_traced_growth_names_the_line_that_grew() -> None:
+    tracemalloc.start()
+    try:
+        growth = TracedGrowth()
+        assert growth.top() == []  # no baseline yet
+        growth.reset_baseline()
+        hoard = [str(i) * 10 for i in range(50_000)]  # this line grows
+        top = growth.top(limit=3)
+        assert top and "test_memory.py" in top[0] and "KiB" in top[0]
+        del hoard
+    finally:
+        tracemalloc.stop()
+    assert read_memory().python_traced_bytes is None  # not tracing: no figure, no cost
