@@ -1,6 +1,6 @@
 """Soak: does the training daemon's memory stay flat over millions of events?
 
-    python -m bench.soak [--events 10000000] [--sample-s 10] [--out runs/soak]
+    python -m bench.soak [--preset quick|standard|long|day] [--events 20M] [--sample-s 10] [--out runs/soak]
 
 Starts the embedded broker and a topic, runs ``inttower train`` as a separate process
 with checkpoints, index syncs (bounded catalogue) and metrics on, and replays an
@@ -68,11 +68,12 @@ STOPPED_RE = re.compile(r"^stopped after (\d+) events")
 MEMORY_RE = re.compile(
     r"memory at (?P<events>\d+) events: rss (?P<rss>[\d.]+) MiB(?: \(anon (?P<anon>[\d.]+)\))?"
     r"(?:, malloc in use (?P<in_use>[\d.]+) / free (?P<free>[\d.]+) / arenas (?P<arenas>[\d.]+) MiB)?"
-    r", arrow \((?P<arrow_backend>\w+)\) (?P<arrow>[\d.]+) MiB"
+    r", arrow \((?P<arrow_backend>\w+)\) (?P<arrow>[\d.]+) MiB(?:, python blocks (?P<blocks>[\d,]+))?"
     r"(?:, python traced (?P<traced>[\d.]+) MiB)?; sizes: (?P<sizes>.*)$")
-#: The layers of a memory report, as (MEMORY_RE group, label).
-MEMORY_LAYERS = (("rss", "RSS"), ("anon", "RSS anonymous"), ("in_use", "malloc in use"), ("free", "malloc free"), ("arenas", "malloc arenas"),
-                 ("arrow", "Arrow pool"), ("traced", "Python traced"))
+#: The layers of a memory report, as (MEMORY_RE group, label); all in MiB but the block count.
+MEMORY_LAYERS = (("rss", "RSS"), ("anon", "RSS anonymous"), ("in_use", "malloc in use"), ("free", "malloc free"),
+                 ("arenas", "malloc arenas"), ("arrow", "Arrow pool"), ("traced", "Python traced"), ("blocks", "Python blocks"))
+COUNT_LAYERS = frozenset({"blocks"})
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ class DaemonLog:
                 if self._in_growth:
                     self.traced_growth = []
                 if (m := MEMORY_RE.search(line)) is not None:
-                    self.memory.append({k: float(v) for k, v in m.groupdict().items()
+                    self.memory.append({k: float(v.replace(",", "")) for k, v in m.groupdict().items()
                                         if v is not None and k not in ("sizes", "arrow_backend")})
                     self.sizes = m.group("sizes")
                 elif (m := STATUS_RE.search(line)) is not None:
@@ -498,10 +499,13 @@ def _report(result: SoakResult) -> None:
           f"{_fmt(fit.growth_mib, '+.1f')} MiB observed (first to last sample), {_fmt(fit.fitted_growth_mib, '+.1f')} MiB fitted")
     slopes = layer_slopes(result.memory, fit.warmup_events)
     if slopes:
-        print(f"by layer, from the daemon's {len(result.memory)} memory reports after warm-up (MiB per 1M events):")
-        for label, slope in slopes.items():
-            last = result.memory[-1][next(k for k, lab in MEMORY_LAYERS if lab == label)]
-            print(f"  {label:<14} {slope.text('')}  last {last:.1f} MiB")
+        print(f"by layer, from the daemon's {len(result.memory)} memory reports after warm-up "
+              "(MiB, or blocks, per 1M events):")
+        for key, label in MEMORY_LAYERS:
+            if label in slopes:
+                last = result.memory[-1][key]
+                unit = "blocks" if key in COUNT_LAYERS else "MiB"
+                print(f"  {label:<14} {slopes[label].text('')}  last {last:,.{0 if key in COUNT_LAYERS else 1}f} {unit}")
     if result.sizes:
         print(f"bounded structures at the end: {result.sizes}")
     if result.traced_growth:
@@ -565,7 +569,7 @@ def _plot(result: SoakResult) -> Path:
         left.plot(xs, intercept + fit.slope_mib_per_m * xs, "--", label=f"fit: {fit.slope_mib_per_m:+.2f} MiB / 1M events")
     reports = result.memory
     for key, label in MEMORY_LAYERS[1:]:
-        if reports and all(key in r for r in reports):
+        if reports and all(key in r for r in reports) and key not in COUNT_LAYERS:
             left.plot([r["events"] / 1e6 for r in reports], [r[key] for r in reports], ".-", ms=3, lw=0.8, label=label)
     left.set_xlabel("events trained (millions)")
     left.set_ylabel("MiB")
@@ -585,6 +589,28 @@ def _plot(result: SoakResult) -> Path:
     return path
 
 
+#: Named run lengths (``--preset``): events, seconds between samples. At ~10k events/s on
+#: 2 cores: quick ~2 min, standard ~17 min, long ~35 min per 20M, day ~3 h.
+PRESETS: dict[str, tuple[int, float]] = {
+    "quick": (1_000_000, 5.0),
+    "standard": (10_000_000, 10.0),
+    "long": (20_000_000, 15.0),
+    "day": (100_000_000, 60.0),
+}
+
+
+def event_count(text: str) -> int:
+    """``20000000``, ``20M``, ``500k`` or ``2.5M`` as an event count (argparse type)."""
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an event count such as 20000000, 20M or 500k") from None
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of events >= 1")
+    return int(value)
+
+
 def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # run the finally blocks: stop the daemon and the broker
 
@@ -592,8 +618,10 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     defaults = SoakSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=defaults.events)
-    parser.add_argument("--sample-s", type=float, default=defaults.sample_s, help="seconds between memory samples")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named run length: " + ", ".join(
+        f"{name} {events / 1e6:g}M events" for name, (events, _) in PRESETS.items()) + " (--events / --sample-s override)")
+    parser.add_argument("--events", type=event_count, help=f"events to train (e.g. 20M; default {defaults.events / 1e6:g}M)")
+    parser.add_argument("--sample-s", type=float, help=f"seconds between memory samples (default {defaults.sample_s:g})")
     parser.add_argument("--out", type=Path, default=defaults.out, help="soak.json, soak.png, daemon.log go here")
     parser.add_argument("--partitions", type=int, default=defaults.partitions)
     parser.add_argument("--batch-events", type=int, default=defaults.batch_events, help="events per Arrow message and per training batch")
@@ -618,6 +646,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a line added to the daemon's [daemon] table (repeatable), e.g. 'malloc_arena_max = 2'")
     parser.add_argument("--no-plot", dest="plot", action="store_false")
     args = parser.parse_args(argv)
+    preset_events, preset_sample_s = PRESETS[args.preset] if args.preset else (defaults.events, defaults.sample_s)
+    args.events = args.events if args.events is not None else preset_events
+    args.sample_s = args.sample_s if args.sample_s is not None else preset_sample_s
     args.daemon_env, args.daemon_settings = tuple(args.daemon_env), tuple(args.daemon_settings)
     for kv in args.daemon_env:
         if "=" not in kv:

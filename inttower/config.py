@@ -85,8 +85,11 @@ class DaemonConfig:
     # A log line on where memory is (RSS, glibc heap in use / free, Arrow's pool, Python's
     # traced bytes under PYTHONTRACEMALLOC) and the size of every bounded structure; 0: never.
     memory_report_every_s: float = field(default=600.0, metadata={"ge": 0.0})
-    # Hand glibc's free heap pages back to the system this often (malloc_trim); 0: never.
-    malloc_trim_every_s: float = field(default=0.0, metadata={"ge": 0.0})
+    # glibc's allocator (monitoring.memory.tune_malloc; README "Memory over weeks"): at
+    # most this many malloc arenas, and a fixed mmap threshold so big, rare buffers go to
+    # mmap and are returned on free. 0 leaves glibc's default.
+    malloc_arena_max: int = field(default=2, metadata={"ge": 0})
+    malloc_mmap_threshold_bytes: int = field(default=8 * 2**20, metadata={"ge": 0, "le": 32 * 2**20})
     # Debug: each rank appends a sha256 of its parameters after every step to
     # <dir>/digests-rank<r>.txt (multi-worker tests check the replicas stay identical).
     parameter_digest_dir: str | None = None

@@ -51,7 +51,7 @@ from model.config import CS3Config, FeatureField
 from model.device import resolve_device
 from model.features import FeatureEncoder
 from model.online import OnlineTrainer, StepResult
-from monitoring.memory import TracedGrowth, malloc_trim, read_memory
+from monitoring.memory import TracedGrowth, read_memory, tune_malloc
 from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
@@ -114,6 +114,7 @@ class TrainingDaemon:
         coordinator: Coordinator | None = None,
     ) -> None:
         self.config = config
+        tune_malloc(config.daemon.malloc_arena_max, config.daemon.malloc_mmap_threshold_bytes)
         self.stop = stop or threading.Event()
         self.observers = list(observers)
         self.coordinator = coordinator or LocalCoordinator()
@@ -152,7 +153,7 @@ class TrainingDaemon:
         self._first_batch_at: float | None = None
         self._last_telemetry = 0.0
         self._last_batch_at = 0.0
-        self._last_memory_report = self._last_trim = time.monotonic()
+        self._last_memory_report = time.monotonic()
         self._traced_growth = TracedGrowth()
 
     def _slot(self, name: str) -> ModelSlot:
@@ -436,9 +437,6 @@ class TrainingDaemon:
         if daemon.memory_report_every_s and now - self._last_memory_report >= daemon.memory_report_every_s:
             self._memory_report()
             self._last_memory_report = now
-        if daemon.malloc_trim_every_s and now - self._last_trim >= daemon.malloc_trim_every_s:
-            malloc_trim()
-            self._last_trim = now
 
     def _checkpoint_timer_fired(self) -> bool:
         return self.primary and time.monotonic() - self._last_checkpoint >= self.config.daemon.checkpoint_every_s

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
 import tracemalloc
 from dataclasses import dataclass
 from functools import cache
@@ -40,6 +41,8 @@ def _libc() -> ctypes.CDLL | None:
         libc.mallinfo2.restype = _Mallinfo2
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.malloc_trim.restype = ctypes.c_int
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
     except (OSError, AttributeError):  # not glibc, or a glibc older than 2.33
         return None
     return libc
@@ -72,6 +75,33 @@ def malloc_trim() -> bool:
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
+
+
+def tune_malloc(arena_max: int, mmap_threshold_bytes: int) -> bool:
+    """Set glibc's arena cap and a fixed mmap threshold (``mallopt``); 0 leaves one as it is.
+
+    Why (measured in `bench.soak`, README "Memory over weeks"): glibc gives threads their
+    own arenas (up to 8 per core) and never moves free space between them, and its
+    *dynamic* mmap threshold rises to the largest block ever freed (up to 32 MiB), after
+    which big, rare buffers (index syncs, checkpoints) are carved from the heaps too and
+    leave holes that per-step blocks only partly reuse. A fixed threshold above the
+    per-step blocks (gradients of the hashed tables: ~6 MiB) keeps steps on the heap
+    (an mmap per step halves the step rate) and sends the big, rare ones to mmap, which
+    returns them on free. Call it early: arenas made before keep existing.
+    False where the C library is not glibc.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = True
+    if arena_max:
+        ok = bool(libc.mallopt(M_ARENA_MAX, arena_max)) and ok
+    if mmap_threshold_bytes:
+        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold_bytes)) and ok
+    return ok
+
+
 def resident_bytes() -> tuple[int, int]:
     """This process's resident set and its anonymous part (``/proc/self/status``); zeros where /proc is missing.
 
@@ -100,6 +130,7 @@ class MemoryReading:
     arrow_bytes: int  # held by Arrow's default memory pool
     arrow_backend: str  # mimalloc, jemalloc or system: each keeps freed memory its own way
     python_traced_bytes: int | None  # tracemalloc's current total, when the process traces
+    python_blocks: int  # live blocks of Python's own allocator (sys.getallocatedblocks): leaked objects grow it
 
     def line(self) -> str:
         """A one-line summary for the daemon's log."""
@@ -109,6 +140,7 @@ class MemoryReading:
             parts.append(f"malloc in use {m.in_use_bytes / MIB:.1f} / free {m.free_bytes / MIB:.1f} / "
                          f"arenas {m.heap_bytes / MIB:.1f} MiB")
         parts.append(f"arrow ({self.arrow_backend}) {self.arrow_bytes / MIB:.1f} MiB")
+        parts.append(f"python blocks {self.python_blocks:,}")
         if self.python_traced_bytes is not None:
             parts.append(f"python traced {self.python_traced_bytes / MIB:.1f} MiB")
         return ", ".join(parts)
@@ -117,7 +149,8 @@ class MemoryReading:
 def read_memory() -> MemoryReading:
     pool = pa.default_memory_pool()
     traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
-    return MemoryReading(*resident_bytes(), malloc_info(), pool.bytes_allocated(), pool.backend_name, traced)
+    return MemoryReading(*resident_bytes(), malloc_info(), pool.bytes_allocated(), pool.backend_name, traced,
+                         sys.getallocatedblocks())
 
 
 class TracedGrowth:

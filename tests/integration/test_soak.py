@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 import numpy as np
 
-from bench.soak import MEMORY_RE, Sample, SoakSettings, fit_growth, fit_slope, layer_slopes, run_soak
+from bench.soak import MEMORY_RE, PRESETS, Sample, SoakSettings, fit_growth, event_count, fit_slope, layer_slopes, run_soak
 from monitoring.memory import MallocInfo, MemoryReading
 
 
@@ -54,12 +55,13 @@ def test_undecided_when_the_interval_straddles_the_threshold() -> None:
 
 def test_memory_report_line_is_parsed_by_layer() -> None:
     reading = MemoryReading(900 * 2**20, 700 * 2**20, MallocInfo(500 * 2**20, 10 * 2**20, 300 * 2**20, 210 * 2**20, 0),
-                            3 * 2**20, "mimalloc", 40 * 2**20)
+                            3 * 2**20, "mimalloc", 40 * 2**20, 123_456)
     line = f"12:00:00 inttower.daemon memory at 1234 events: {reading.line()}; sizes: history points (x) 3"
     found = MEMORY_RE.search(line)
     assert found is not None
     assert float(found["rss"]) == 900.0 and float(found["anon"]) == 700.0 and float(found["in_use"]) == 300.0 and float(found["free"]) == 210.0
     assert float(found["arrow"]) == 3.0 and float(found["traced"]) == 40.0 and found["sizes"] == "history points (x) 3"
+    assert found["blocks"] == "123,456"
     reports = [{"events": float(e), "rss": 900.0 + e / 1e6, "in_use": 300.0} for e in range(0, 5_000_001, 500_000)]
     slopes = layer_slopes(reports, warmup_events=0)
     assert slopes["RSS"].slope == pytest.approx(1.0) and slopes["malloc in use"].slope == pytest.approx(0.0, abs=1e-9)
@@ -87,3 +89,11 @@ def test_small_soak_samples_memory_and_fits_a_slope(tmp_path: Path) -> None:
     assert "stopped after 25000 events" in (tmp_path / "out" / "daemon.log").read_text()
     assert result.memory and result.memory[-1]["rss"] > 50  # the daemon's memory reports were read
     assert "history points" in result.sizes and "catalogue items" in result.sizes
+
+
+def test_event_counts_read_with_suffixes_and_bad_ones_are_refused() -> None:
+    assert [event_count(t) for t in ("20M", "500k", "2.5M", "1000")] == [20_000_000, 500_000, 2_500_000, 1000]
+    for bad in ("x", "0", "1.5", "-3M"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            event_count(bad)
+    assert PRESETS["long"][0] >= 20_000_000  # the acceptance runs' length

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -56,10 +58,34 @@ def test_traced_growth_names_the_line_that_grew() -> None:
         growth = TracedGrowth()
         assert growth.top() == []  # no baseline yet
         growth.reset_baseline()
+        blocks = read_memory().python_blocks
         hoard = [str(i) * 10 for i in range(50_000)]  # this line grows
+        assert read_memory().python_blocks >= blocks + 50_000
         top = growth.top(limit=3)
         assert top and "test_memory.py" in top[0] and "KiB" in top[0]
         del hoard
     finally:
         tracemalloc.stop()
     assert read_memory().python_traced_bytes is None  # not tracing: no figure, no cost
+
+
+_THRESHOLD_PROBE = """
+import sys
+import numpy as np
+from monitoring.memory import MIB, malloc_info, tune_malloc
+if sys.argv[1] == "fixed":
+    assert tune_malloc(arena_max=2, mmap_threshold_bytes=2 * MIB)
+big = np.ones(16 * MIB // 8); del big  # freeing a mapped 16 MiB block raises glibc's dynamic threshold
+before = malloc_info().mmapped_bytes
+block = np.ones(4 * MIB // 8)
+print(malloc_info().mmapped_bytes - before)
+"""
+
+
+@pytest.mark.parametrize(("mode", "mapped"), [("dynamic", False), ("fixed", True)])
+def test_a_fixed_mmap_threshold_sends_big_blocks_to_mmap_where_glibc_would_use_the_heap(mode: str, mapped: bool) -> None:
+    """The soak's finding in small: after one big free, glibc carves 4 MiB blocks from the heap; a fixed threshold maps them."""
+    done = subprocess.run([sys.executable, "-c", _THRESHOLD_PROBE, mode], capture_output=True, text=True, timeout=60,
+                          check=True)
+    grew = int(done.stdout.strip())
+    assert (grew >= 4 * MIB) == mapped, (mode, grew)
