@@ -251,6 +251,30 @@ def event_times(message: RawMessage, since_ms: int, max_message_bytes: int) -> E
     return EventTimes(rows, None if first < 0 else first, pc.max(ts).as_py())
 
 
+def event_time_range(message: RawMessage, max_message_bytes: int) -> tuple[int, int] | None:
+    """The earliest and latest ``ts`` a message carries (``[stream] max_batch_span_ms``).
+
+    Reads only ``ts``, as `event_times` does; None when no event has a usable one (such a
+    message does not limit a batch's span: the decoder dead-letters what is invalid).
+    """
+    if len(message.value) > max_message_bytes:
+        return None
+    if not is_arrow(message):
+        try:
+            ts = _TS_ONLY.decode(message.value).ts
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return None if ts is None else (ts, ts)
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(message.value)).read_all()
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    if "ts" not in table.column_names or not pa.types.is_integer(table.schema.field("ts").type):
+        return None
+    low, high = pc.min_max(table.column("ts")).values()
+    return None if not low.is_valid else (low.as_py(), high.as_py())
+
+
 def drop_leading_events(message: RawMessage, count: int) -> RawMessage:
     """``message`` without its first ``count`` events (an Arrow message, re-encoded; same headers and offset)."""
     if count <= 0:

@@ -34,7 +34,11 @@ class StreamConfig:
     both modes, for lag monitoring only: the checkpoint is the source of truth.
 
     A batch closes at ``max_batch_events`` events or ``max_batch_ms`` milliseconds after
-    its first message, whichever comes first. ``max_message_bytes`` is the largest
+    its first message, whichever comes first, and, when ``max_batch_span_ms`` is set,
+    before the next message would make its events span more than that much *event* time
+    (``ts``): a replay at full speed then trains with the staleness live traffic at that
+    rate would have. A message is never split, so one Arrow message's own span is the
+    finest grain. ``max_message_bytes`` is the largest
     message accepted (bigger ones are dead-lettered as ``oversize``); topics on Apache
     Kafka need ``max.message.bytes`` at least that large for Arrow replay.
 
@@ -69,6 +73,8 @@ class StreamConfig:
     client: Literal["kafka-python", "confluent"] = "kafka-python"
     max_batch_events: int = field(default=2048, metadata={"ge": 1})
     max_batch_ms: int = field(default=200, metadata={"ge": 1})
+    # Close a batch before its events span more than this much event time (ms); 0: no limit.
+    max_batch_span_ms: int = field(default=0, metadata={"ge": 0})
     max_message_bytes: int = field(default=4_194_304, metadata={"ge": 1024})
     # Bytes fetched per partition per request. Small values interleave partitions, so a
     # backlog (a replay, a restart) is consumed in roughly event-time order across

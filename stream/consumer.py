@@ -57,7 +57,15 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from stream.broker import wait_for_broker
-from stream.codec import RawMessage, Reject, count_events, decode_messages, drop_leading_events, event_times
+from stream.codec import (
+    RawMessage,
+    Reject,
+    count_events,
+    decode_messages,
+    drop_leading_events,
+    event_time_range,
+    event_times,
+)
 from stream.config import StreamConfig, kafka_client_options, resolve_check_crcs
 from stream.consumer_clients import ConsumerClient, OffsetLookup, Positions, open_client
 from stream.events import EventSchema
@@ -114,13 +122,26 @@ class _Pending:
     messages: collections.deque[RawMessage] = field(default_factory=collections.deque)
     counts: collections.deque[int] = field(default_factory=collections.deque)
     arrived: collections.deque[float] = field(default_factory=collections.deque)  # time.monotonic()
+    # (earliest, latest) ts of each message when batches are cut by event-time span; None: no ts
+    times: collections.deque[tuple[int, int] | None] = field(default_factory=collections.deque)
     events: int = 0
 
     def clear(self) -> None:
         self.messages.clear()
         self.counts.clear()
         self.arrived.clear()
+        self.times.clear()
         self.events = 0
+
+
+def _fits_span(times: tuple[int, int] | None, low: int | None, high: int | None,
+               span_ms: int) -> tuple[bool, int | None, int | None]:
+    """Whether a message with event times ``times`` joins a batch spanning [low, high] within ``span_ms``; the new range."""
+    if times is None or not span_ms:
+        return True, low, high
+    new_low = times[0] if low is None else min(low, times[0])
+    new_high = times[1] if high is None else max(high, times[1])
+    return new_high - new_low <= span_ms, new_low, new_high
 
 
 @dataclass
@@ -339,6 +360,7 @@ class ClickStreamConsumer:
             pending.messages.append(message)
             pending.counts.append(count)
             pending.arrived.append(now)
+            pending.times.append(event_time_range(message, limit) if self.config.max_batch_span_ms else None)
             pending.events += count
             events += count
         if received:
@@ -355,21 +377,34 @@ class ClickStreamConsumer:
             return False
         if pending.events >= self.config.max_batch_events:
             return True
+        if self.config.max_batch_span_ms:
+            low = high = None
+            for times in pending.times:  # due when some pending message would break the span
+                fits, low, high = _fits_span(times, low, high, self.config.max_batch_span_ms)
+                if not fits:
+                    return True
         return time.monotonic() >= pending.arrived[0] + self.config.max_batch_ms / 1000.0
 
     def _cut_batch(self) -> Batch:
-        """Take whole messages from the head of the pending queue, up to max_batch_events events.
+        """Take whole messages from the head of the pending queue, up to max_batch_events events
+        (and max_batch_span_ms of event time, when set).
 
         A message is never split across batches (its offset is the unit of progress), so
         one Arrow message holding more than max_batch_events events is a batch on its own.
         """
         pending = self._pending
-        limit = self.config.max_batch_events
+        limit, span_ms = self.config.max_batch_events, self.config.max_batch_span_ms
         taken: list[RawMessage] = []
         events = 0
+        low = high = None
         while pending.messages and (not taken or events + pending.counts[0] <= limit):
+            fits, new_low, new_high = _fits_span(pending.times[0], low, high, span_ms)
+            if taken and not fits:
+                break
+            low, high = new_low, new_high
             count = pending.counts.popleft()
             pending.arrived.popleft()
+            pending.times.popleft()
             taken.append(pending.messages.popleft())
             events += count
             pending.events -= count

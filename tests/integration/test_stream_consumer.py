@@ -253,3 +253,25 @@ def test_polling_thread_errors_reach_the_caller(broker: EmbeddedBroker, stream_c
                 consumer.next_batch(timeout_s=0.2)
     finally:
         consumer.close()
+
+
+@pytest.mark.parametrize("fmt", ["json", "arrow"])
+def test_batches_close_at_an_event_time_span(broker: EmbeddedBroker, stream_config: MakeConfig, clicks: pa.Table,
+                                             fmt: str) -> None:
+    """[stream] max_batch_span_ms: a replay at full speed is cut as live traffic would be, by event time."""
+    ts = clicks.column("ts").to_numpy()
+    span_ms = int((ts.max() - ts.min()) // 60)  # ~60 batches over the log, far fewer events each than the count limit
+    config = stream_config(broker, topic=f"clicks-span-{fmt}", max_batch_events=100_000, max_batch_ms=2_000,
+                           max_batch_span_ms=span_ms)
+    create_topic(broker.bootstrap, config.topic, 1)  # one partition: messages in event-time order
+    replay(clicks, config, fmt=fmt, arrow_batch_events=16, progress=False)
+    with ClickStreamConsumer(config, SCHEMA) as consumer:
+        batches = consume(consumer, EVENTS)
+    assert sorted(event_ids(batches)) == sorted(clicks.column("event_id").to_pylist())
+    spans = [int(b.table.column("ts").to_numpy().max() - b.table.column("ts").to_numpy().min()) for b in batches]
+    assert max(spans) <= span_ms
+    assert len(batches) >= 55  # cut by event time, not by the 100k-event limit
+    # Each batch was closed because the next message would have broken the span (all but the last).
+    firsts = [int(b.table.column("ts").to_numpy().min()) for b in batches]
+    lasts_next = [int(nxt.table.column("ts").to_numpy()[: 16 if fmt == "arrow" else 1].max()) for nxt in batches[1:]]
+    assert all(after - first > span_ms for first, after in zip(firsts, lasts_next))

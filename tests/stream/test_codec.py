@@ -27,6 +27,7 @@ from stream.codec import (
     decode_messages,
     encode_arrow_batch,
     encode_json_event,
+    event_time_range,
     is_arrow,
     table_to_json_events,
 )
@@ -157,6 +158,18 @@ def test_count_events(log: pa.Table) -> None:
     assert count_events(msg(encode_arrow_batch(log.slice(0, 37))), MAX_BYTES) == 37
     assert count_events(msg(raw_json(good_event())), MAX_BYTES) == 1
     assert count_events(msg(b"\xff\xff\xff\xffjunk"), MAX_BYTES) == 1
+
+
+def test_event_time_range_reads_only_ts(log: pa.Table) -> None:
+    part = log.slice(0, 37)
+    ts = part.column("ts").to_pylist()
+    assert event_time_range(msg(encode_arrow_batch(part)), MAX_BYTES) == (min(ts), max(ts))
+    event = good_event()
+    assert event_time_range(msg(raw_json(event)), MAX_BYTES) == (event["ts"], event["ts"])
+    assert event_time_range(msg(raw_json({**event, "ts": "soon"})), MAX_BYTES) is None  # no usable ts: no limit
+    assert event_time_range(msg(b"{not json"), MAX_BYTES) is None
+    assert event_time_range(msg(encode_arrow_batch(part.drop_columns(["ts"]))), MAX_BYTES) is None
+    assert event_time_range(msg(raw_json(event)), 10) is None  # oversize: never parsed
 
 
 # ----------------------------------------------------------------- reject reasons, JSON
