@@ -466,8 +466,6 @@ class TrainingDaemon:
         grown = self._traced_growth.top()
         if grown:
             log.info("python allocations grown since the first memory report:\n  %s", "\n  ".join(grown))
-        else:
-            self._traced_growth.reset_baseline()
 
     def _index_status(self) -> str:
         snapshot = self.index_sync.snapshot if self.index_sync is not None else None

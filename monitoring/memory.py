@@ -156,8 +156,8 @@ def read_memory() -> MemoryReading:
 class TracedGrowth:
     """Python allocations that grew since a baseline snapshot, by source line (when tracing).
 
-    ``reset_baseline`` is called once warm-up is over; `top` then names the lines whose
-    live allocations grew the most since.
+    The first `top` takes the baseline (and returns nothing); later calls name the lines
+    whose live allocations grew the most since. ``reset_baseline`` starts over.
     """
 
     def __init__(self) -> None:
@@ -174,7 +174,10 @@ class TracedGrowth:
 
     def top(self, limit: int = 8) -> list[str]:
         """The ``limit`` lines grown most since the baseline, as ``+X KiB (+N blocks) file:line``."""
-        if self._baseline is None or not tracemalloc.is_tracing():
+        if not tracemalloc.is_tracing():
+            return []
+        if self._baseline is None:
+            self.reset_baseline()
             return []
         stats = self._snapshot().compare_to(self._baseline, "lineno")
         grown = [s for s in stats if s.size_diff > 0][:limit]
