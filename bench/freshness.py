@@ -1,0 +1,208 @@
+"""Freshness: how much do fresher, smaller updates buy each model? LR, Two-Tower, IntTower at event-time spans.
+
+    python -m bench.freshness [--seeds 3] [--data PATH] [--datasets movielens,synthetic]
+                              [--models lr,two_tower,inttower] [--spans event,5m,1h,6h,24h]
+                              [--synthetic-events 100000] [--max-batch-events 2048] [--threads N]
+
+Every model trains online from the first event of a log in event-time order,
+test-then-train: each batch is scored by the model as it is, then trained on. Batches
+are cut the way the daemon cuts a replay with ``[stream] max_batch_span_ms``: a batch
+starts at an event and takes the following events while they lie within the span of
+event time from the batch's first event, up to ``--max-batch-events``; ``event`` means
+one event per batch (the freshest possible). AUC and logloss are those of the
+prequential predictions over the latest 20% of events (rows [s, n), s = n - round(0.2 n));
+events/s is events over the seconds the steps took (scoring included), measured in the
+same run. The printed table is a freshness curve like Monolith's AUC against its sync
+interval: one row per model and span, mean and std over seeds.
+
+The logistic regression steps at ``--lr-learning-rate`` (0.01, its better setting on
+ML-100K); the towers at the config's [train] learning_rate.
+
+Data: ML-100K with `configs/movielens.toml` (features, [train], [online]); it holds about
+14 events per hour, in bursts. The synthetic stream (`SyntheticLogConfig`, default
+features and configs) is generated at ``--synthetic-events-per-hour`` (default 14, the
+ML-100K rate) so a span means the same number of events on both: about 1 event in 5
+minutes, 14 in an hour, 84 in 6 hours, 336 in a day (Poisson arrivals, no bursts).
+
+Cost: per-event batches are one optimizer step per event (~100k steps per data set and
+model and seed): the full default run takes hours on 2 CPU cores. Split it with
+``--datasets``, ``--models``, ``--spans`` and ``--seeds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inttower.config import load_config
+from model.build import build_model
+from model.config import ModelConfig, OnlineConfig, TrainConfig
+from model.features import FeatureBatch, FeatureEncoder
+from model.online import OnlineTrainer
+from monitoring.quality import log_loss, roc_auc
+from stream.datasets import require_movielens
+from stream.movielens import import_movielens
+from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("movielens", "synthetic")
+MODELS = ("lr", "two_tower", "inttower")
+DEFAULT_SPANS = ("event", "5m", "1h", "6h", "24h")
+EVAL_FRACTION = 0.2  # the latest 20% of events are scored
+MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+SECONDS_PER_HOUR = 3600.0
+
+
+def span_ms(text: str) -> int | None:
+    """``event`` (one event per batch: None) or an event-time span such as ``5m``, ``1h``, ``500ms``."""
+    if text == "event":
+        return None
+    found = re.fullmatch(r"(\d+)(ms|s|m|h|d)", text)
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'event' or a span such as 5m, 1h, 24h")
+    return int(found.group(1)) * MS[found.group(2)]
+
+
+def span_batches(ts_ms: np.ndarray, span: int | None, max_events: int) -> list[slice]:
+    """Consecutive row slices of a time-ordered log, cut as ``[stream] max_batch_span_ms`` cuts a replay.
+
+    A batch takes the rows after its first while their ``ts`` is within ``span`` ms of the
+    first's, at most ``max_events`` rows; ``span=None``: one row per batch.
+    """
+    n = len(ts_ms)
+    if span is None:
+        return [slice(i, i + 1) for i in range(n)]
+    ends = np.searchsorted(ts_ms, ts_ms + span, side="right")  # first row beyond each row's span
+    batches, start = [], 0
+    while start < n:
+        stop = min(int(ends[start]), start + max_events)
+        batches.append(slice(start, stop))
+        start = stop
+    return batches
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    online: OnlineConfig
+    data: FeatureBatch
+    ts_ms: np.ndarray
+
+
+@dataclass(frozen=True)
+class Run:
+    auc: float
+    logloss: float
+    events_per_s: float
+    steps: int
+
+
+def load(name: str, args: argparse.Namespace) -> DataSet:
+    if name == "movielens":
+        config = load_config(REPO / "configs" / "movielens.toml")
+        table = import_movielens(require_movielens("ml-100k", args.data), config.data.movielens)
+        model, train, online = config.model, config.train, config.online
+    else:
+        synthetic = SyntheticLogConfig(events=args.synthetic_events, seed=0,
+                                       events_per_second=args.synthetic_events_per_hour / SECONDS_PER_HOUR)
+        table = generate_synthetic_log(synthetic)
+        model, train, online = ModelConfig(), TrainConfig(), OnlineConfig()
+    ts = table.column("ts").to_numpy()
+    if np.any(np.diff(ts) < 0):
+        raise ValueError(f"{name}: the log is not in event-time order")
+    hours = (ts[-1] - ts[0]) / MS["h"]
+    print(f"{name}: {table.num_rows:,} events over {hours:,.0f} h of event time ({table.num_rows / max(hours, 1e-9):.1f}/h)",
+          flush=True)
+    return DataSet(name, model, train, online, FeatureEncoder(model.features).encode(table), ts)
+
+
+def run(ds: DataSet, kind: str, span: int | None, seed: int, max_events: int, lr_learning_rate: float) -> Run:
+    """One model online from the first event, prequential; scored over the latest 20%."""
+    torch.manual_seed(seed)
+    model = build_model(dataclasses.replace(ds.model, kind=kind))
+    train = dataclasses.replace(ds.train, seed=seed, **({"learning_rate": lr_learning_rate} if kind == "lr" else {}))
+    trainer = OnlineTrainer(model, train, ds.online)
+    n = len(ds.data)
+    start = n - round(EVAL_FRACTION * n)
+    labels, predictions, seconds, steps = [], [], 0.0, 0
+    for rows in span_batches(ds.ts_ms, span, max_events):
+        result = trainer.step(ds.data.select(rows))
+        seconds += result.seconds
+        steps += 1
+        if rows.stop > start:
+            keep = slice(max(start - rows.start, 0), None)
+            labels.append(result.labels[keep])
+            predictions.append(result.probabilities[keep])
+    y, p = np.concatenate(labels), np.concatenate(predictions)
+    return Run(roc_auc(y, p), log_loss(y, p), n / max(seconds, 1e-9), steps)
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
+
+def print_table(ds: DataSet, results: dict[tuple[str, str], list[Run]]) -> None:
+    print(f"\n{ds.name}: AUC and logloss of the prequential predictions over the latest {EVAL_FRACTION:.0%} "
+          f"({len(results[next(iter(results))])} seeds)")
+    print("| model | span | batches | AUC | logloss | events/s |\n|---|---|---|---|---|---|")
+    for (kind, span), runs in results.items():
+        print(f"| {kind} | {span} | {runs[0].steps:,} | {_mean_std([r.auc for r in runs], 4)} | "
+              f"{_mean_std([r.logloss for r in runs], 4)} | {statistics.fmean(r.events_per_s for r in runs):,.0f} |",
+              flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="ML-100K folder (default: $INTTOWER_DATA/ml-100k or the download cache)")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: " + ", ".join(DATASETS))
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--spans", default=",".join(DEFAULT_SPANS), help="comma-separated: event, or spans such as 5m, 1h")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--synthetic-events", type=int, default=100_000)
+    parser.add_argument("--synthetic-events-per-hour", type=float, default=14.0, help="the synthetic stream's rate")
+    parser.add_argument("--max-batch-events", type=int, default=2048, help="[stream] max_batch_events")
+    parser.add_argument("--lr-learning-rate", type=float, default=0.01,
+                        help="the logistic regression's step size (the towers use the config's)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    datasets, models, spans = args.datasets.split(","), args.models.split(","), args.spans.split(",")
+    for name in datasets:
+        if name not in DATASETS:
+            parser.error(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    for kind in models:
+        if kind not in MODELS:
+            parser.error(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+    try:
+        span_values = {span: span_ms(span) for span in spans}
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    for name in datasets:
+        ds = load(name, args)
+        results: dict[tuple[str, str], list[Run]] = {}
+        for kind in models:
+            for span, value in span_values.items():
+                results[(kind, span)] = [run(ds, kind, value, seed, args.max_batch_events, args.lr_learning_rate)
+                                         for seed in range(args.seeds)]
+                r = results[(kind, span)]
+                print(f"  {kind:<9} span {span:<5} AUC {_mean_std([x.auc for x in r], 4)}  "
+                      f"{statistics.fmean(x.events_per_s for x in r):,.0f} events/s", flush=True)
+        print_table(ds, results)
+    print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

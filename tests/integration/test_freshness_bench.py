@@ -1,0 +1,39 @@
+"""bench.freshness: batches cut by event-time span as the daemon cuts a replay, and a tiny real run."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from bench.freshness import main, span_batches, span_ms
+
+
+def test_spans_cut_batches_by_event_time_and_count() -> None:
+    ts = np.array([0, 10, 20, 100, 101, 102, 103, 500], dtype=np.int64)
+    assert span_batches(ts, None, 2048) == [slice(i, i + 1) for i in range(8)]
+    assert span_batches(ts, 20, 2048) == [slice(0, 3), slice(3, 7), slice(7, 8)]
+    assert span_batches(ts, 20, 2) == [slice(0, 2), slice(2, 3), slice(3, 5), slice(5, 7), slice(7, 8)]
+    assert span_batches(ts, 10_000, 2048) == [slice(0, 8)]
+    for batch in span_batches(ts, 50, 3):
+        assert ts[batch.stop - 1] - ts[batch.start] <= 50 and batch.stop - batch.start <= 3
+
+
+def test_span_names() -> None:
+    assert [span_ms(t) for t in ("event", "500ms", "5m", "1h", "24h", "2d")] == [
+        None, 500, 300_000, 3_600_000, 86_400_000, 172_800_000]
+    with pytest.raises(argparse.ArgumentTypeError):
+        span_ms("soon")
+
+
+def test_tiny_run_prints_a_freshness_table(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--datasets", "synthetic", "--synthetic-events", "400", "--models", "lr,two_tower", "--spans", "event,1h",
+          "--seeds", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| lr") or line.startswith("| two_tower")]
+    assert len(rows) == 4
+    for row in rows:
+        auc = float(row.split("|")[4].split()[0])
+        assert 0.0 <= auc <= 1.0
+    assert "| lr | event | 400 |" in out  # one step per event
