@@ -25,7 +25,7 @@ EXIT_USER_ERROR = 2
 EXIT_BROKER_UNAVAILABLE = 3
 _USER_ERRORS = (UserError, ClickLogError, FeatureError, DataNotFoundError, DownloadError)
 #: Loggers of this project: INFO by default; everything else WARNING unless --verbose.
-PROJECT_LOGGERS = ("inttower", "stream", "model", "index_sync", "monitoring", "bench")
+PROJECT_LOGGERS = ("inttower", "stream", "model", "index_sync", "monitoring", "serving", "bench")
 
 
 def _config(path: str | None) -> AppConfig:
@@ -56,6 +56,17 @@ def _cmd_broker(args: argparse.Namespace) -> None:
     from inttower.commands import run_local_broker
 
     run_local_broker(_config(args.config), port=args.port, partitions=args.partitions)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from serving.app import ServingService, run_server
+
+    config = _config(args.config)
+    if not Path(args.index_dir).is_dir():
+        raise UserError(f"--index-dir {args.index_dir}: not a directory (the trainer's [index] index_dir)")
+    serving = config.serving
+    service = ServingService(config.model, Path(args.index_dir), serving)
+    run_server(service, args.host or serving.host, serving.port if args.port is None else args.port)
 
 
 def _cmd_data_synthetic(args: argparse.Namespace) -> None:
@@ -221,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="partitions of the [stream] topic it creates (default 4)")
     broker.add_argument("--config", help="TOML config: its [stream] topic and dead-letter topic are created")
     broker.set_defaults(run=_cmd_broker)
+
+    serve = commands.add_parser("serve", help="HTTP scoring and retrieval over the trainer's published index versions")
+    serve.add_argument("--index-dir", required=True, help="the trainer's [index] index_dir (versions are followed)")
+    serve.add_argument("--config", help="TOML config: [model] as the trainer's, [serving] bounds")
+    serve.add_argument("--host", help="address to bind (default [serving] host: 127.0.0.1)")
+    serve.add_argument("--port", type=_int_in(0, 65535), help="port (default [serving] port: 8080; 0 picks a free one)")
+    serve.set_defaults(run=_cmd_serve)
 
     demo = commands.add_parser("demo", help="end-to-end demo on the embedded synthetic defaults")
     demo.add_argument("--config", help="TOML config (default: the embedded defaults)")

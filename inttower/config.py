@@ -23,6 +23,7 @@ from inttower.errors import ConfigError
 from index_sync.config import IndexSyncConfig
 from model.config import ModelConfig, OnlineConfig, TrainConfig
 from monitoring.config import MonitoringConfig
+from serving.config import ServingConfig
 from stream.config import StreamConfig
 from stream.movielens import MovieLensImport
 from stream.synthetic import SyntheticLogConfig
@@ -106,6 +107,7 @@ class AppConfig:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     index: IndexSyncConfig = field(default_factory=IndexSyncConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 

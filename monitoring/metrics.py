@@ -103,6 +103,30 @@ class TrainerMetrics:
             self._server = None
 
 
+#: Serving requests: sub-millisecond health checks up to seconds for large candidate sets.
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServingMetrics:
+    """`inttower serve`'s metrics (its own registry, served on its /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.request_duration = Histogram("inttower_serving_request_duration_seconds",
+                                          "From a request's arrival to its response, by endpoint.", ["endpoint"],
+                                          buckets=REQUEST_BUCKETS, registry=r)
+        self.requests = Counter("inttower_serving_requests_total", "Requests answered, by endpoint and status code.",
+                                ["endpoint", "code"], registry=r)
+        self.errors = Counter("inttower_serving_errors_total", "Requests refused or failed, by reason.", ["reason"],
+                              registry=r)
+        self.version = Gauge("inttower_serving_index_version", "Index version being served.", registry=r)
+        self.versions_loaded = Counter("inttower_serving_versions_loaded_total",
+                                       "Index versions taken into service.", registry=r)
+        self.index_age = Gauge("inttower_serving_index_age_seconds", "Seconds since the served version was published.",
+                               registry=r)
+        r.register(MemoryCollector())
+
+
 class MemoryCollector(Collector):
     """``inttower_memory_bytes{layer}``, read when scraped (see `monitoring.memory`): which layer grows."""
 

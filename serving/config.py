@@ -1,0 +1,20 @@
+"""`[serving]`: where `inttower serve` listens and the bounds it holds requests to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Bounds keep one request from taking the service: every size a client controls is capped."""
+
+    host: str = "127.0.0.1"  # loopback by default: exposing the service is a deliberate choice
+    port: int = field(default=8080, metadata={"ge": 0, "le": 65535})
+    max_body_bytes: int = field(default=1_048_576, metadata={"ge": 1024})
+    max_candidates: int = field(default=10_000, metadata={"ge": 1})
+    max_k: int = field(default=1_000, metadata={"ge": 1})
+    # How often the service looks for a newer index version in index_dir.
+    poll_interval_s: float = field(default=1.0, metadata={"gt": 0.0})
+    # Threads that run the model (scoring releases the GIL inside torch and FAISS).
+    workers: int = field(default=2, metadata={"ge": 1})
