@@ -23,8 +23,11 @@ from monitoring.config import MonitoringConfig
 from stream.broker import create_topic, free_port
 from stream.codec import JSON_HEADERS
 from stream.replay import replay
+from serving.app import ServingService
+from serving.config import ServingConfig
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
 from tests.monitoring.promql_expressions import alert_signals, dashboard_expressions
+from tests.serving.service_thread import ServiceThread
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +58,13 @@ def prometheus(tmp_path: Path):
         pytest.skip(message)
     processes = []
 
-    def start(target: str) -> int:
+    def start(target: str, serving_target: str | None = None) -> int:
         port = free_port()
         config = tmp_path / "prometheus.yml"
+        jobs = [("inttower", target)] + ([("inttower-serving", serving_target)] if serving_target else [])
         config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            f"scrape_configs:\n  - job_name: inttower\n    static_configs:\n      - targets: ['{target}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
+            + "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: ['{t}']\n" for job, t in jobs)
         )
         process = subprocess.Popen(
             [PROMETHEUS, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
@@ -86,6 +90,14 @@ def prometheus(tmp_path: Path):
             process.kill()
 
 
+def _serving_client(server: ServiceThread, stop: threading.Event, user: dict, items: list[int]) -> None:
+    """Requests of every kind against `inttower serve` while the daemon publishes versions."""
+    while not stop.wait(0.1):
+        server.request("/score", {"user": user, "candidates": items, "allow_unknown": True})
+        server.request("/retrieve", {"user": user, "k": 5})
+        server.request("/score", raw=b"{not json")
+
+
 def test_every_dashboard_and_alert_query_returns_data_from_a_live_run(broker, stream_config, prometheus, tmp_path):
     create_topic(broker.bootstrap, "clicks", 2)
     create_topic(broker.bootstrap, "clicks.dead-letter", 1)
@@ -96,9 +108,14 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_live_run(broker, st
         model=ModelConfig(hidden=(32, 32, 16), embedding_dim=8, heads=2, head_dim=8), train=TrainConfig(threads=1),
         stream=stream, monitoring=MonitoringConfig(port=metrics_port, auc_windows=(200, 2000)),
         daemon=DaemonConfig(checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_every_s=1.0, status_every_s=2.0),
-        index=IndexSyncConfig(enabled=True, sync_interval_s=0.5, full_refresh_interval_s=3.0),
+        index=IndexSyncConfig(enabled=True, sync_interval_s=0.5, full_refresh_interval_s=3.0,
+                              index_dir=str(tmp_path / "index")),
     )
-    prometheus_port = prometheus(f"127.0.0.1:{metrics_port}")
+    (tmp_path / "index").mkdir()
+    service = ServingService(app.model, tmp_path / "index", ServingConfig(poll_interval_s=0.2))
+    service.start()
+    server = ServiceThread(service)
+    prometheus_port = prometheus(f"127.0.0.1:{metrics_port}", f"127.0.0.1:{server.port}")
     stop = threading.Event()
     daemon = TrainingDaemon(app, stop)
     runner = threading.Thread(target=daemon.run)
@@ -114,6 +131,9 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_live_run(broker, st
 
     producer = threading.Thread(target=produce)
     producer.start()
+    items = [int(i) for i in table.column("item_id").to_numpy()[:20]]
+    client = threading.Thread(target=_serving_client, args=(server, stop, table.column("user")[0].as_py(), items))
+    client.start()
     try:
         time.sleep(RUN_S)
         queries = [("dashboard", e) for e in dashboard_expressions()] + [("alert " + n, e) for n, e in alert_signals()]
@@ -131,7 +151,13 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_live_run(broker, st
         assert p99 and 0 < p99[0] < 2.5, p99
         dead = _values(_query(prometheus_port, "sum(inttower_events_dead_lettered_total)"))
         assert dead == [20.0], dead
+        served = _values(_query(prometheus_port, 'sum(inttower_serving_requests_total{code="200"})'))
+        assert served and served[0] > 0, served
+        assert _values(_query(prometheus_port, "inttower_serving_index_version")) >= [1.0]
     finally:
         stop.set()
         runner.join(timeout=60)
         producer.join(timeout=60)
+        client.join(timeout=30)
+        server.stop()
+        service.close()

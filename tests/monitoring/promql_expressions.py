@@ -180,12 +180,12 @@ def metric_names(expr: str) -> set[str]:
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name a `TrainerMetrics` registry can expose (``up`` not included)."""
-    from monitoring.metrics import TrainerMetrics
+    """Every series name a `TrainerMetrics` or `ServingMetrics` registry can expose (``up`` not included)."""
+    from monitoring.metrics import ServingMetrics, TrainerMetrics
 
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
                 "summary": ("", "_sum", "_count", "_created"), "gauge": ("",), "info": ("_info",)}
     names: set[str] = set()
-    for family in TrainerMetrics().registry.collect():
+    for family in [*TrainerMetrics().registry.collect(), *ServingMetrics().registry.collect()]:
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
     return names
