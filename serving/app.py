@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -161,6 +162,7 @@ class ServingService:
 
 def run_server(service: ServingService, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM (aiohttp's graceful shutdown), then stop following the index."""
+    torch.set_num_threads(service.config.torch_threads)
     service.start()
     try:
         web.run_app(service.app(), host=host, port=port, print=lambda line: log.info("%s", line), access_log=None)

@@ -18,3 +18,7 @@ class ServingConfig:
     poll_interval_s: float = field(default=1.0, metadata={"gt": 0.0})
     # Threads that run the model (scoring releases the GIL inside torch and FAISS).
     workers: int = field(default=2, metadata={"ge": 1})
+    # torch's intra-op threads in `inttower serve`: one user's tower is a chain of tiny
+    # operations, where waking a thread pool costs more than it saves; concurrency comes
+    # from the workers instead.
+    torch_threads: int = field(default=1, metadata={"ge": 1})
