@@ -573,8 +573,8 @@ def _plot(result: SoakResult) -> Path:
             left.plot([r["events"] / 1e6 for r in reports], [r[key] for r in reports], ".-", ms=3, lw=0.8, label=label)
     left.set_xlabel("events trained (millions)")
     left.set_ylabel("MiB")
-    left.set_title("Training daemon resident memory")
-    left.legend()
+    left.set_title("Training daemon memory")
+    left.legend(loc="center right", fontsize="x-small", framealpha=0.7)
     elapsed = [x.elapsed_s for x in samples]
     right.plot(elapsed, events_m, label="trained")
     right.plot(elapsed, [x.produced / 1e6 for x in samples], label="produced")
