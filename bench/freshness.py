@@ -37,23 +37,19 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from inttower.config import load_config
 from model.build import build_model
-from model.config import ModelConfig, OnlineConfig, TrainConfig
 from model.features import FeatureBatch, FeatureEncoder
 from model.online import OnlineTrainer
+from bench.logs import BENCH_LOGS, load_bench_log
+from model.config import ModelConfig, OnlineConfig, TrainConfig
 from monitoring.quality import log_loss, roc_auc
-from stream.datasets import require_movielens
-from stream.movielens import import_movielens
-from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
+from stream.synthetic import SyntheticLogConfig
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = ("movielens", "synthetic")
+DATASETS = BENCH_LOGS
 MODELS = ("lr", "two_tower", "inttower")
 DEFAULT_SPANS = ("event", "5m", "1h", "6h", "24h")
 EVAL_FRACTION = 0.2  # the latest 20% of events are scored
@@ -108,15 +104,10 @@ class Run:
 
 
 def load(name: str, args: argparse.Namespace) -> DataSet:
-    if name == "movielens":
-        config = load_config(REPO / "configs" / "movielens.toml")
-        table = import_movielens(require_movielens("ml-100k", args.data), config.data.movielens)
-        model, train, online = config.model, config.train, config.online
-    else:
-        synthetic = SyntheticLogConfig(events=args.synthetic_events, seed=0,
-                                       events_per_second=args.synthetic_events_per_hour / SECONDS_PER_HOUR)
-        table = generate_synthetic_log(synthetic)
-        model, train, online = ModelConfig(), TrainConfig(), OnlineConfig()
+    synthetic = SyntheticLogConfig(events=args.synthetic_events, seed=0,
+                                   events_per_second=args.synthetic_events_per_hour / SECONDS_PER_HOUR)
+    log = load_bench_log(name, args.data, synthetic)
+    table, model, train, online = log.table, log.model, log.train, log.online
     ts = table.column("ts").to_numpy()
     if np.any(np.diff(ts) < 0):
         raise ValueError(f"{name}: the log is not in event-time order")

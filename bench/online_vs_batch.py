@@ -52,12 +52,11 @@ import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from inttower.config import load_config
+from bench.logs import BENCH_LOGS, load_bench_log
 from model.build import build_model
 from model.config import ModelConfig, OnlineConfig, TrainConfig
 from model.device import resolve_device
@@ -66,12 +65,9 @@ from model.features import FeatureBatch, FeatureEncoder
 from model.offline import FitResult, fit, predict
 from model.online import OnlineTrainer
 from monitoring.quality import log_loss, roc_auc
-from stream.datasets import require_movielens
-from stream.movielens import import_movielens
-from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
+from stream.synthetic import SyntheticLogConfig
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = ("movielens", "synthetic")
+DATASETS = BENCH_LOGS
 MODELS = ("inttower", "two_tower")
 ARMS = {
     "A": "frozen batch",
@@ -104,17 +100,11 @@ class ArmResult:
 
 
 def _load(name: str, args: argparse.Namespace) -> DataSet:
-    if name == "movielens":
-        config = load_config(REPO / "configs" / "movielens.toml")
-        folder = require_movielens("ml-100k", args.data)
-        table = import_movielens(folder, config.data.movielens)
-        model, train, online = config.model, config.train, config.online
-        print(f"movielens: {folder}: {table.num_rows} events in time order", flush=True)
-    else:
-        synthetic = SyntheticLogConfig(events=args.synthetic_events, seed=0)
-        table = generate_synthetic_log(synthetic)
-        model, train, online = ModelConfig(), TrainConfig(), OnlineConfig()
-        print(f"synthetic: {table.num_rows} events (preferences shift at event {synthetic.shift_event})", flush=True)
+    synthetic = SyntheticLogConfig(events=args.synthetic_events, seed=0)
+    log = load_bench_log(name, args.data, synthetic)
+    table, model, train, online = log.table, log.model, log.train, log.online
+    where = f"preferences shift at event {synthetic.shift_event}" if name == "synthetic" else "in time order"
+    print(f"{name}: {table.num_rows} events ({where})", flush=True)
     if args.max_epochs is not None:
         train = dataclasses.replace(train, max_epochs=args.max_epochs)
     return DataSet(name, model, train, online, FeatureEncoder(model.features).encode(table))
