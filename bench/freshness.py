@@ -42,10 +42,8 @@ import numpy as np
 import torch
 
 from model.build import build_model
-from model.features import FeatureBatch, FeatureEncoder
 from model.online import OnlineTrainer
-from bench.logs import BENCH_LOGS, load_bench_log
-from model.config import ModelConfig, OnlineConfig, TrainConfig
+from bench.logs import BENCH_LOGS, EncodedLog, encode_bench_log, load_bench_log, names_from
 from monitoring.quality import log_loss, roc_auc
 from stream.synthetic import SyntheticLogConfig
 
@@ -86,16 +84,6 @@ def span_batches(ts_ms: np.ndarray, span: int | None, max_events: int) -> list[s
 
 
 @dataclass(frozen=True)
-class DataSet:
-    name: str
-    model: ModelConfig
-    train: TrainConfig
-    online: OnlineConfig
-    data: FeatureBatch
-    ts_ms: np.ndarray
-
-
-@dataclass(frozen=True)
 class Run:
     auc: float
     logloss: float
@@ -103,21 +91,21 @@ class Run:
     steps: int
 
 
-def load(name: str, args: argparse.Namespace) -> DataSet:
+def load(name: str, args: argparse.Namespace) -> EncodedLog:
     synthetic = SyntheticLogConfig(events=args.synthetic_events, seed=0,
                                    events_per_second=args.synthetic_events_per_hour / SECONDS_PER_HOUR)
     log = load_bench_log(name, args.data, synthetic)
-    table, model, train, online = log.table, log.model, log.train, log.online
+    table = log.table
     ts = table.column("ts").to_numpy()
     if np.any(np.diff(ts) < 0):
         raise ValueError(f"{name}: the log is not in event-time order")
     hours = (ts[-1] - ts[0]) / MS["h"]
     print(f"{name}: {table.num_rows:,} events over {hours:,.0f} h of event time ({table.num_rows / max(hours, 1e-9):.1f}/h)",
           flush=True)
-    return DataSet(name, model, train, online, FeatureEncoder(model.features).encode(table), ts)
+    return encode_bench_log(log)
 
 
-def run(ds: DataSet, kind: str, span: int | None, seed: int, max_events: int, lr_learning_rate: float) -> Run:
+def run(ds: EncodedLog, kind: str, span: int | None, seed: int, max_events: int, lr_learning_rate: float) -> Run:
     """One model online from the first event, prequential; scored over the latest 20%."""
     torch.manual_seed(seed)
     model = build_model(dataclasses.replace(ds.model, kind=kind))
@@ -143,7 +131,7 @@ def _mean_std(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 
-def print_table(ds: DataSet, results: dict[tuple[str, str], list[Run]]) -> None:
+def print_table(ds: EncodedLog, results: dict[tuple[str, str], list[Run]]) -> None:
     print(f"\n{ds.name}: AUC and logloss of the prequential predictions over the latest {EVAL_FRACTION:.0%} "
           f"({len(results[next(iter(results))])} seeds)")
     print("| model | span | batches | AUC | logloss | events/s |\n|---|---|---|---|---|---|")
@@ -167,13 +155,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the logistic regression's step size (the towers use the config's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
-    datasets, models, spans = args.datasets.split(","), args.models.split(","), args.spans.split(",")
-    for name in datasets:
-        if name not in DATASETS:
-            parser.error(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
-    for kind in models:
-        if kind not in MODELS:
-            parser.error(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+    datasets, models = names_from(parser, args.datasets, DATASETS, "data set"), names_from(parser, args.models, MODELS, "model")
+    spans = args.spans.split(",")
     try:
         span_values = {span: span_ms(span) for span in spans}
     except argparse.ArgumentTypeError as exc:

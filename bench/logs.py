@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from inttower.config import load_config
 from model.config import ModelConfig, OnlineConfig, TrainConfig
+from model.features import FeatureBatch, FeatureEncoder
 from stream.datasets import require_movielens
 from stream.movielens import import_movielens
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
@@ -38,3 +42,30 @@ def load_bench_log(name: str, data: str | None, synthetic: SyntheticLogConfig) -
     if name == "synthetic":
         return BenchLog(name, generate_synthetic_log(synthetic), ModelConfig(), TrainConfig(), OnlineConfig())
     raise ValueError(f"unknown bench log {name!r}; choose from {', '.join(BENCH_LOGS)}")
+
+
+@dataclass(frozen=True)
+class EncodedLog:
+    """A bench log encoded for its model's features, with its event times (ms)."""
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    online: OnlineConfig
+    data: FeatureBatch
+    ts_ms: np.ndarray
+
+
+def encode_bench_log(log: BenchLog, train: TrainConfig | None = None) -> EncodedLog:
+    """``log`` encoded once for all the runs of a bench (``train`` overrides the log's [train])."""
+    data = FeatureEncoder(log.model.features).encode(log.table)
+    return EncodedLog(log.name, log.model, train or log.train, log.online, data, log.table.column("ts").to_numpy())
+
+
+def names_from(parser: argparse.ArgumentParser, text: str, choices: Sequence[str], what: str) -> list[str]:
+    """A comma-separated command-line list, each name one of ``choices`` (else a usage error)."""
+    names = text.split(",")
+    for name in names:
+        if name not in choices:
+            parser.error(f"unknown {what} {name!r}; choose from {', '.join(choices)}")
+    return names

@@ -56,12 +56,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.logs import BENCH_LOGS, load_bench_log
+from bench.logs import BENCH_LOGS, EncodedLog, encode_bench_log, load_bench_log, names_from
 from model.build import build_model
-from model.config import ModelConfig, OnlineConfig, TrainConfig
+from model.config import ModelConfig, TrainConfig
 from model.device import resolve_device
 from model.experiment import split_rows
-from model.features import FeatureBatch, FeatureEncoder
+from model.features import FeatureBatch
 from model.offline import FitResult, fit, predict
 from model.online import OnlineTrainer
 from monitoring.quality import log_loss, roc_auc
@@ -83,15 +83,6 @@ MIN_GAIN = 0.005  # B - A must reach this AUC; |C - A| may fall short by at most
 
 
 @dataclass(frozen=True)
-class DataSet:
-    name: str
-    model: ModelConfig
-    train: TrainConfig
-    online: OnlineConfig
-    data: FeatureBatch
-
-
-@dataclass(frozen=True)
 class ArmResult:
     auc: float
     logloss: float
@@ -99,15 +90,15 @@ class ArmResult:
     seconds: float
 
 
-def _load(name: str, args: argparse.Namespace) -> DataSet:
+def _load(name: str, args: argparse.Namespace) -> EncodedLog:
     synthetic = SyntheticLogConfig(events=args.synthetic_events, seed=0)
     log = load_bench_log(name, args.data, synthetic)
-    table, model, train, online = log.table, log.model, log.train, log.online
+    table, train = log.table, log.train
     where = f"preferences shift at event {synthetic.shift_event}" if name == "synthetic" else "in time order"
     print(f"{name}: {table.num_rows} events ({where})", flush=True)
     if args.max_epochs is not None:
         train = dataclasses.replace(train, max_epochs=args.max_epochs)
-    return DataSet(name, model, train, online, FeatureEncoder(model.features).encode(table))
+    return encode_bench_log(log, train)
 
 
 def _fit(model_config: ModelConfig, train: TrainConfig, data: FeatureBatch, rows: int,
@@ -136,7 +127,7 @@ def _score(y: np.ndarray, p: np.ndarray, events: int, seconds: float) -> ArmResu
     return ArmResult(roc_auc(y, p), log_loss(y, p), events, seconds)
 
 
-def _run_seed(ds: DataSet, kind: str, seed: int, batch: int, device: torch.device) -> dict[str, ArmResult]:
+def _run_seed(ds: EncodedLog, kind: str, seed: int, batch: int, device: torch.device) -> dict[str, ArmResult]:
     data, n = ds.data, len(ds.data)
     model_config = dataclasses.replace(ds.model, kind=kind)
     train = dataclasses.replace(ds.train, seed=seed)
@@ -198,7 +189,7 @@ def _fmt(values: list[float], digits: int = 4, sign: bool = False) -> str:
     return f"{statistics.fmean(values):{'+' if sign else ''}.{digits}f} ± {sd:.{digits}f}"
 
 
-def _print_table(ds: DataSet, models: list[str], runs: dict[str, list[dict[str, ArmResult]]], batch: int) -> None:
+def _print_table(ds: EncodedLog, models: list[str], runs: dict[str, list[dict[str, ArmResult]]], batch: int) -> None:
     n = len(ds.data)
     s = n - int(round(n * TEST_FRACTION))
     seeds = len(next(iter(runs.values())))
@@ -245,13 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="override [train] max_epochs (default: the config's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
-    datasets, models = args.datasets.split(","), args.models.split(",")
-    for name in datasets:
-        if name not in DATASETS:
-            parser.error(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
-    for kind in models:
-        if kind not in MODELS:
-            parser.error(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+    datasets, models = names_from(parser, args.datasets, DATASETS, "data set"), names_from(parser, args.models, MODELS, "model")
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
