@@ -37,11 +37,10 @@ import torch
 from tqdm import tqdm
 
 import stream.json_events
-from inttower.daemon import event_schema
 from model.build import build_model
 from model.config import ModelConfig, OnlineConfig, TrainConfig
 from model.device import resolve_device
-from model.features import FeatureEncoder
+from model.features import FeatureEncoder, event_schema
 from model.online import OnlineTrainer
 from stream.broker import EmbeddedBroker, create_topic
 from stream.codec import ARROW_HEADERS, JSON_HEADERS, RawMessage, decode_messages, encode_arrow_batch, table_to_json_events

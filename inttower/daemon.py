@@ -47,26 +47,20 @@ from model.audit import TrainedEventLog
 from model.build import build_model
 from model.checkpoint import CheckpointStore
 from model.warm_start import WarmStartError, config_dict, load_trainer, read_state, serialize_state, trainer_part, warm_start
-from model.config import CS3Config, FeatureField
+from model.config import CS3Config
 from model.device import resolve_device
-from model.features import FeatureEncoder
+from model.features import FeatureEncoder, event_schema
 from model.online import OnlineTrainer, StepResult
 from monitoring.memory import TracedGrowth, read_memory, tune_malloc
 from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
-from stream.events import EventField, EventSchema
 from stream.topics import TopicNotFoundError
 
 log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
 BUSY_POLL_S = 0.02  # multi-worker, while the job has events: a rank without a batch must not hold the others
 TELEMETRY_EVERY_S = 1.0  # lag and index gauges: about one Prometheus scrape interval
-
-
-def event_schema(features: tuple[FeatureField, ...]) -> EventSchema:
-    """What the decoder must validate: every field of the feature spec, in its struct."""
-    return EventSchema(tuple(EventField(f.name, f.kind, "context" if f.source == "context" else f.tower) for f in features))
 
 
 @dataclass

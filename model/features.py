@@ -18,6 +18,12 @@ import torch
 
 from model.config import FeatureField, Tower
 from model.hashing import PADDING_ID, bucketize, salt_for
+from stream.events import EventField, EventSchema
+
+
+def event_schema(features: tuple[FeatureField, ...]) -> EventSchema:
+    """The events (and serving requests) a feature spec reads: every field, in its struct."""
+    return EventSchema(tuple(EventField(f.name, f.kind, "context" if f.source == "context" else f.tower) for f in features))
 
 
 class FeatureError(ValueError):

@@ -35,21 +35,14 @@ from index_sync.disk import IndexReader
 from index_sync.serving import IndexNotReadyError, Reader, ServingSnapshot
 from index_sync.snapshot_files import DiskSnapshots
 from model.build import build_model
-from model.config import FeatureField, ModelConfig
-from model.features import FeatureEncoder
+from model.config import ModelConfig
+from model.features import FeatureEncoder, event_schema
 from monitoring.metrics import ServingMetrics
 from serving.config import ServingConfig
 from serving.requests import RequestError, parse_retrieve, parse_score
-from stream.events import EventField, EventSchema
 
 log = logging.getLogger("inttower.serving")
 MAX_UNKNOWN_NAMED = 5  # unknown candidate ids named in a refusal
-
-
-def user_schema(features: tuple[FeatureField, ...]) -> EventSchema:
-    """The request's feature structs: the user tower's fields and the context fields."""
-    return EventSchema(tuple(EventField(f.name, f.kind, "context" if f.source == "context" else f.tower)
-                             for f in features if f.tower == "user" or f.source == "context"))
 
 
 class ServingService:
@@ -59,7 +52,7 @@ class ServingService:
                  metrics: ServingMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or ServingMetrics()
-        self.schema = user_schema(model.features)
+        self.schema = event_schema(model.features)  # requests read its user and context structs
         self.index = IndexReader(Path(index_dir), poll_interval_s=config.poll_interval_s)
         self._snapshots = DiskSnapshots(self.index, lambda: build_model(model))
         self._load_lock = threading.Lock()  # one model load at a time; others wait for it

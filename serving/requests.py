@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from serving.config import ServingConfig
-from stream.events import EventSchema
+
+if TYPE_CHECKING:  # the schema comes from model.features.event_schema; serving reads no stream
+    from stream.events import EventSchema
 
 SCORE_KEYS = frozenset({"user", "context", "candidates", "allow_unknown"})
 RETRIEVE_KEYS = frozenset({"user", "context", "k"})

@@ -219,6 +219,25 @@ class _TsOnly(msgspec.Struct):
 _TS_ONLY = msgspec.json.Decoder(_TsOnly)
 
 
+def _json_ts(message: RawMessage) -> int | None:
+    """A JSON event's ``ts`` when it is an integer (int64); None otherwise."""
+    try:
+        return _TS_ONLY.decode(message.value).ts
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _arrow_ts(message: RawMessage) -> tuple[int, pa.ChunkedArray | None]:
+    """An Arrow message's events (as `count_events` counts them) and its integer ``ts`` column, if any."""
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(message.value)).read_all()
+    except (pa.ArrowException, OSError, ValueError):
+        return 1, None
+    if "ts" not in table.column_names or not pa.types.is_integer(table.schema.field("ts").type):
+        return max(table.num_rows, 1), None
+    return max(table.num_rows, 1), table.column("ts")
+
+
 def event_times(message: RawMessage, since_ms: int, max_message_bytes: int) -> EventTimes:
     """The event times a message carries, for starting a partition at an event time.
 
@@ -231,48 +250,39 @@ def event_times(message: RawMessage, since_ms: int, max_message_bytes: int) -> E
     if len(message.value) > max_message_bytes:
         return EventTimes(1, None, None)
     if not is_arrow(message):
-        try:
-            ts = _TS_ONLY.decode(message.value).ts
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            ts = None
-        if ts is None:
-            return EventTimes(1, None, None)
-        return EventTimes(1, 0 if ts >= since_ms else None, ts)
-    try:
-        table = pa.ipc.open_stream(pa.py_buffer(message.value)).read_all()
-    except (pa.ArrowException, OSError, ValueError):
-        return EventTimes(1, None, None)
-    rows = max(table.num_rows, 1)
-    if "ts" not in table.column_names or not pa.types.is_integer(table.schema.field("ts").type):
+        ts = _json_ts(message)
+        return EventTimes(1, None, None) if ts is None else EventTimes(1, 0 if ts >= since_ms else None, ts)
+    rows, ts = _arrow_ts(message)
+    if ts is None:
         return EventTimes(rows, None, None)
-    ts = table.column("ts")
     at_or_after = pc.fill_null(pc.greater_equal(ts, pa.scalar(since_ms, pa.int64())), False)
     first = pc.index(at_or_after, True).as_py()
     return EventTimes(rows, None if first < 0 else first, pc.max(ts).as_py())
 
 
-def event_time_range(message: RawMessage, max_message_bytes: int) -> tuple[int, int] | None:
-    """The earliest and latest ``ts`` a message carries (``[stream] max_batch_span_ms``).
+def event_span(message: RawMessage, max_message_bytes: int) -> tuple[int, tuple[int, int] | None]:
+    """A message's events (as `count_events` counts them) and the earliest and latest ``ts`` they carry.
 
-    Reads only ``ts``, as `event_times` does; None when no event has a usable one (such a
-    message does not limit a batch's span: the decoder dead-letters what is invalid).
+    One read for both, so cutting batches by event time (``[stream] max_batch_span_ms``)
+    costs the consumer no extra parse. Reads only ``ts``, as `event_times` does; the range
+    is None when no event has a usable one (such a message does not limit a batch's span:
+    the decoder dead-letters what is invalid).
     """
     if len(message.value) > max_message_bytes:
-        return None
+        return 1, None
     if not is_arrow(message):
-        try:
-            ts = _TS_ONLY.decode(message.value).ts
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-        return None if ts is None else (ts, ts)
-    try:
-        table = pa.ipc.open_stream(pa.py_buffer(message.value)).read_all()
-    except (pa.ArrowException, OSError, ValueError):
-        return None
-    if "ts" not in table.column_names or not pa.types.is_integer(table.schema.field("ts").type):
-        return None
-    low, high = pc.min_max(table.column("ts")).values()
-    return None if not low.is_valid else (low.as_py(), high.as_py())
+        ts = _json_ts(message)
+        return 1, None if ts is None else (ts, ts)
+    rows, ts = _arrow_ts(message)
+    if ts is None:
+        return rows, None
+    low, high = pc.min_max(ts).values()
+    return rows, (low.as_py(), high.as_py()) if low.is_valid else None
+
+
+def event_time_range(message: RawMessage, max_message_bytes: int) -> tuple[int, int] | None:
+    """The earliest and latest ``ts`` a message carries (see `event_span`)."""
+    return event_span(message, max_message_bytes)[1]
 
 
 def drop_leading_events(message: RawMessage, count: int) -> RawMessage:

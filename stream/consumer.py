@@ -63,7 +63,7 @@ from stream.codec import (
     count_events,
     decode_messages,
     drop_leading_events,
-    event_time_range,
+    event_span,
     event_times,
 )
 from stream.config import StreamConfig, kafka_client_options, resolve_check_crcs
@@ -356,11 +356,14 @@ class ClickStreamConsumer:
         pending, limit = self._pending, self.config.max_message_bytes
         for message in received:
             first_seen.setdefault(message.partition, message.offset)
-            count = count_events(message, limit)
+            if self.config.max_batch_span_ms:
+                count, times = event_span(message, limit)  # one read: events and their event-time range
+            else:
+                count, times = count_events(message, limit), None
             pending.messages.append(message)
             pending.counts.append(count)
             pending.arrived.append(now)
-            pending.times.append(event_time_range(message, limit) if self.config.max_batch_span_ms else None)
+            pending.times.append(times)
             pending.events += count
             events += count
         if received:
