@@ -59,10 +59,13 @@ class _MessageProblem(Exception):
         self.detail = detail
 
 
-def decode_arrow_message(message: RawMessage, schema: EventSchema, target: pa.Schema, rejects: list[Reject]) -> pa.Table | None:
+def decode_arrow_message(
+    message: RawMessage, schema: EventSchema, target: pa.Schema, rejects: list[Reject], label_optional: bool = False,
+) -> pa.Table | None:
     """One Arrow message's valid rows as a ``target`` table; its rejects are appended to ``rejects``.
 
     None when the whole message is rejected (unreadable stream or unusable schema).
+    ``label_optional``: impressions (`stream.joiner`): a null or absent ``label`` stays null.
     """
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(message.value))
@@ -71,7 +74,7 @@ def decode_arrow_message(message: RawMessage, schema: EventSchema, target: pa.Sc
         rejects.append(Reject(INVALID_ARROW, message.partition, message.offset, message.value, f"not an Arrow IPC stream: {exc}"))
         return None
     try:
-        return _validate_arrow(source, message, schema, target, rejects)
+        return _validate_arrow(source, message, schema, target, rejects, label_optional)
     except _MessageProblem as problem:
         rejects.append(Reject(problem.reason, message.partition, message.offset, message.value, problem.detail))
     except (pa.ArrowException, ValueError, TypeError) as exc:
@@ -160,14 +163,18 @@ def _non_finite(values: pa.Array) -> pa.Array | None:
 
 
 def _validate_arrow(
-    source: pa.Table, message: RawMessage, schema: EventSchema, target: pa.Schema, rejects: list[Reject]
+    source: pa.Table, message: RawMessage, schema: EventSchema, target: pa.Schema, rejects: list[Reject],
+    label_optional: bool = False,
 ) -> pa.Table:
     """Normalise one Arrow message to ``target`` and drop (reject) its bad rows, vectorised."""
     rows = source.num_rows
     event_id = _column(source, "event_id", "a string type", _is_string)
     integers = {name: _column(source, name, "an integer type", pa.types.is_integer) for name in INTEGER_FIELDS}
     ids = {name: _column(source, name, "an integer or string type", is_id_type) for name in ID_FIELDS}
-    label = _column(source, "label", "an integer type", pa.types.is_integer)
+    if label_optional and "label" not in source.column_names:
+        label = pa.nulls(rows, pa.int8())
+    else:
+        label = _column(source, "label", "an integer type", pa.types.is_integer)
     structs: dict[str, pa.Array | None] = {}
     for struct in schema.structs:
         if struct not in source.column_names:
@@ -179,7 +186,7 @@ def _validate_arrow(
 
     # Row masks, by reason (the first failing check in REASON order wins per row).
     missing: pa.Array | None = None
-    for values in (event_id, *integers.values(), *ids.values(), label):
+    for values in (event_id, *integers.values(), *ids.values(), *(() if label_optional else (label,))):
         mask = _invalid(values)
         if mask is not None:
             missing = _or(missing, mask)
@@ -191,7 +198,8 @@ def _validate_arrow(
         mask = _invalid(structs[struct])  # type: ignore[arg-type]
         if mask is not None:
             missing = _or(missing, mask)
-    bad_label = pc.fill_null(pc.invert(pc.is_in(label, pa.array([0, 1], label.type))), False)
+    allowed = pa.array([0, 1, None] if label_optional else [0, 1], label.type)
+    bad_label = pc.fill_null(pc.invert(pc.is_in(label, allowed)), False)
     bad_label = bad_label if pc.any(bad_label).as_py() else None
 
     children: dict[str, list[pa.Array]] = {}

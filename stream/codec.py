@@ -296,14 +296,18 @@ def drop_leading_events(message: RawMessage, count: int) -> RawMessage:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_messages(messages: Sequence[RawMessage], schema: EventSchema, max_message_bytes: int) -> Decoded:
+def decode_messages(
+    messages: Sequence[RawMessage], schema: EventSchema, max_message_bytes: int, label_optional: bool = False,
+) -> Decoded:
     """Validate and decode ``messages`` (any mix of JSON and Arrow) into valid rows and rejects.
 
     Pure function, safe to call from any thread. Valid rows keep message order (rows of
     one Arrow message keep their order); rejects are listed in message order too.
+    ``label_optional``: events without a label are impressions (`stream.joiner`), their
+    label null.
     """
     target = schema.arrow_schema()
-    plan = plan_json(schema)
+    plan = plan_json(schema, label_optional)
     rejects: list[Reject] = []
     parts: list[pa.Table] = []
     valid: Counter[int] = Counter()
@@ -323,7 +327,7 @@ def decode_messages(messages: Sequence[RawMessage], schema: EventSchema, max_mes
             )
         elif is_arrow(message):
             flush_json()
-            table = decode_arrow_message(message, schema, target, rejects)
+            table = decode_arrow_message(message, schema, target, rejects, label_optional)
             if table is not None and table.num_rows:
                 parts.append(table)
                 valid[message.partition] += table.num_rows

@@ -194,3 +194,44 @@ def kafka_client_options(config: StreamConfig) -> dict[str, Any]:
         if value is not None:
             options[name] = value
     return options
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """How labels reach the trainer: on each event, or joined from impressions and later clicks.
+
+    ``mode = "labelled"`` (default): every event carries its ``label`` (DESIGN.md's click
+    event). ``"joined"``: the topic also carries impressions (the click event without
+    ``label``) and clicks (``type = "click"``, the impression's ``event_id``, the click's
+    own ``ts``); `stream.joiner` labels each impression once the event-time watermark has
+    passed its ``ts`` + ``label_window_s``: 1 if a click with ``ts`` within the window
+    joined it, else 0. Labelled events may share the topic and pass straight through.
+
+    ``late_click_policy``: what a click after the window (but within
+    ``click_horizon_s`` of its impression) does: ``"drop"`` counts it; ``"fnw"`` trains a
+    duplicate positive of the impression, and every joined example is weighted by the
+    fake-negative-weighted loss (Ktena et al., RecSys 2019). ``max_pending``: impressions
+    held at once (waiting for their window, or for late clicks under fnw); beyond it the
+    oldest are emitted early (or forgotten, if already emitted) and counted.
+    ``dedup_ids``: event ids remembered to drop a message sent twice (a producer retry),
+    for labelled events and impressions alike. ``idle_partition_s``: a partition with no
+    new message for that long (wall time) stops holding the watermark back.
+    """
+
+    mode: Literal["labelled", "joined"] = "labelled"
+    label_window_s: float = field(default=900.0, metadata={"ge": 0.0})
+    late_click_policy: Literal["drop", "fnw"] = "drop"
+    click_horizon_s: float = field(default=86_400.0, metadata={"ge": 0.0})
+    max_pending: int = field(default=1_000_000, metadata={"ge": 1})
+    dedup_ids: int = field(default=100_000, metadata={"ge": 0})
+    idle_partition_s: float = field(default=30.0, metadata={"gt": 0.0})
+
+    def __post_init__(self) -> None:
+        if self.click_horizon_s < self.label_window_s:
+            raise ValueError(
+                f"click_horizon_s ({self.click_horizon_s}) must be at least label_window_s ({self.label_window_s})"
+            )
+
+    @property
+    def joined(self) -> bool:
+        return self.mode == "joined"

@@ -149,11 +149,16 @@ class JsonPlan:
     structs: tuple[StructPlan, ...]
     event_type: type[msgspec.Struct]
     decoder: msgspec.json.Decoder
+    label_optional: bool = False  # impressions (`stream.joiner`): an absent label is null, not missing
 
 
 @functools.lru_cache(maxsize=32)
-def plan_json(schema: EventSchema) -> JsonPlan:
-    """The reference checks and the msgspec types of ``schema``'s events (cached: schemas are few)."""
+def plan_json(schema: EventSchema, label_optional: bool = False) -> JsonPlan:
+    """The reference checks and the msgspec types of ``schema``'s events (cached: schemas are few).
+
+    ``label_optional``: an event without ``label`` is an impression awaiting its click
+    (`stream.joiner`); its label decodes as null. A present label is checked as ever.
+    """
     structs = []
     for struct in schema.structs:
         fields = schema.struct_fields(struct)
@@ -169,12 +174,16 @@ def plan_json(schema: EventSchema) -> JsonPlan:
             tuple(f.kind for f in fields), struct_type,
         ))
     top: list[tuple[str, Any] | tuple[str, Any, Any]] = [
-        ("event_id", _NonEmptyStr), ("ts", _Int64), ("user_id", _CallerId), ("item_id", _CallerId), ("label", Literal[0, 1]),
+        ("event_id", _NonEmptyStr), ("ts", _Int64), ("user_id", _CallerId), ("item_id", _CallerId),
     ]
+    if not label_optional:
+        top.append(("label", Literal[0, 1]))
     for s in structs:
         top.append((s.name, s.struct_type) if s.required else (s.name, s.struct_type | None, None))
+    if label_optional:  # fields with defaults come last
+        top.append(("label", Literal[0, 1] | None, None))
     event_type = msgspec.defstruct("ClickEvent", top, gc=False)
-    return JsonPlan(tuple(structs), event_type, msgspec.json.Decoder(event_type))
+    return JsonPlan(tuple(structs), event_type, msgspec.json.Decoder(event_type), label_optional)
 
 
 @functools.lru_cache(maxsize=4)
@@ -263,8 +272,9 @@ class JsonColumns:
         user_id, item_id = (_checked_id(name, get(name)) for name in ID_FIELDS)
         label = get("label")
         if label is None:
-            raise _Problem(MISSING_FIELD, "missing label")
-        if type(label) is not int or (label != 0 and label != 1):
+            if not self.plan.label_optional:
+                raise _Problem(MISSING_FIELD, "missing label")
+        elif type(label) is not int or (label != 0 and label != 1):
             if type(label) is float and label - label != 0.0:
                 raise _Problem(NON_FINITE, f"label is {show_value(label)}")
             raise _Problem(BAD_LABEL, f"label must be the integer 0 or 1, got {type(label).__name__} {show_value(label)}")
@@ -279,7 +289,10 @@ class JsonColumns:
                 raise _Problem(WRONG_TYPE, f"{struct.name} must be an object, got {type(obj).__name__}")
             oget = obj.get
             structs.append(struct.struct_type(*(convert(qualified, oget(key)) for key, qualified, convert in struct.fields)))
-        row = self.plan.event_type(event_id, ts, user_id, item_id, label, *structs)
+        row = self.plan.event_type(
+            event_id=event_id, ts=ts, user_id=user_id, item_id=item_id, label=label,
+            **{struct.name: value for struct, value in zip(self.plan.structs, structs)},
+        )
         _refuse_unpaired_surrogates(row)
         return row
 

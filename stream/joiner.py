@@ -1,0 +1,453 @@
+"""Join impressions with the clicks that answer them, later, into labelled events: exactly once.
+
+The joiner holds each impression (its row, and the models' predictions *as of its
+arrival*: what serving would have returned) until the event-time watermark passes its
+``ts + label_window_s``; then it emits the impression once, labelled 1 if a click with
+``ts`` within the window joined it, else 0, and the kept arrival predictions meet that
+label in the streaming quality. The watermark is the smallest, over the partitions this
+joiner reads, of the largest event time seen on each (a partition silent for
+``idle_partition_s`` stops holding it back).
+
+Why labels do not depend on how the stream was cut into batches (so a restart from a
+checkpoint, which cuts differently, labels every impression as the uninterrupted run
+would): a click joins by *event time* (``click.ts - impression.ts`` against the window and
+the horizon), and an impression is emitted only once every partition has moved past its
+window, by which time each click within the window, following its impression on the same
+partition in ts order, has been read. That is the producer's contract: an impression and
+its clicks on the same partition number, each partition in event-time order. A click that
+arrives before its impression is dead-lettered, as is one for an impression this joiner
+never saw or no longer holds.
+
+Clicks after the window but within ``click_horizon_s``: ``late_click_policy = "drop"``
+counts them; ``"fnw"`` emits a duplicate of the impression labelled 1 (the fake-negative
+correction of Ktena et al. trains it, and every joined example, with FNW weights). Under
+"fnw" an emitted impression is kept until its horizon passes, so a late click can still
+find its features. Everything held counts against ``max_pending``; beyond it the entry
+due first goes: emitted early with what it has (counted as ``early``), or forgotten if
+already emitted.
+
+Duplicates: an event id seen again within the last ``dedup_ids`` ids (impressions and
+labelled events alike) is dropped and counted; a second click on an impression is too.
+
+The whole state (held rows, arrival predictions, join flags, per-partition event times,
+the duplicate window, counters) round-trips through `state_bytes`/`from_state`, one Arrow
+IPC stream, so the daemon checkpoints it atomically with the offsets it covers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stream.config import FeedbackConfig
+from stream.ids import to_index_ids
+from stream.wire import Reject
+
+#: Roles of emitted rows (the trainer weights by them, the quality counts all but duplicates).
+LABELLED, JOINED, FNW_DUPLICATE = 0, 1, 2
+#: Dead-letter reasons of clicks that cannot join.
+UNKNOWN_IMPRESSION = "unknown_impression"
+EXPIRED_IMPRESSION = "expired_impression"
+CLICK_BEFORE_IMPRESSION = "click_before_impression"
+CLICK_REJECT_REASONS = (UNKNOWN_IMPRESSION, EXPIRED_IMPRESSION, CLICK_BEFORE_IMPRESSION)
+#: Outcome counters (`Joined.counts`, Prometheus label values).
+COUNTERS = (
+    "impressions", "labelled", "joined_clicks", "late_clicks", "late_clicks_dropped", "fnw_duplicates",
+    "orphan_clicks", "duplicate_impressions", "duplicate_events", "duplicate_clicks", "emitted_early", "forgotten",
+)
+_STATE_COLUMNS = ("__ts", "__seq", "__clicked", "__late", "__emitted", "__duplicated", "__ordinal")
+_NO_TS = -(2**63)
+
+
+@dataclass(slots=True)
+class _Entry:
+    ts: int
+    seq: int  # arrival order: ties and eviction are deterministic
+    row: int  # row in the held table (`_rows` chunk list, see `_Store`)
+    scores: tuple[float, ...]
+    clicked: bool = False
+    late: bool = False  # a click after the window, within the horizon
+    emitted: bool = False
+    duplicated: bool = False  # its FNW duplicate went out
+
+
+@dataclass
+class Joined:
+    """What one batch released: rows to train on, their roles and arrival predictions, and what happened."""
+
+    table: pa.Table  # the event schema, label filled
+    roles: np.ndarray  # int8: LABELLED, JOINED or FNW_DUPLICATE
+    scores: dict[str, np.ndarray]  # per model: the prediction each row had when it arrived
+    rejects: list[Reject] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    label_delays_s: list[float] = field(default_factory=list)  # click ts - impression ts, joined clicks
+
+    @property
+    def counted(self) -> np.ndarray:
+        """Rows the streaming quality counts: each impression and labelled event once (no duplicates)."""
+        return self.roles != FNW_DUPLICATE
+
+
+class _Rows:
+    """Held impression rows: batch tables appended, rows addressed by a running ordinal, compacted when mostly dead."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.chunks: list[pa.Table] = []
+        self.starts: list[int] = []  # ordinal of each chunk's first row
+        self.next = 0
+        self.live = 0
+
+    def append(self, table: pa.Table) -> int:
+        first = self.next
+        if table.num_rows:
+            self.chunks.append(table)
+            self.starts.append(first)
+            self.next += table.num_rows
+            self.live += table.num_rows
+        return first
+
+    def take(self, ordinals: Sequence[int]) -> pa.Table:
+        if not ordinals:
+            return self.schema.empty_table()
+        ordinals = np.asarray(ordinals, dtype=np.int64)
+        chunk_of = np.searchsorted(np.asarray(self.starts), ordinals, side="right") - 1
+        parts = []
+        order = np.argsort(chunk_of, kind="stable")
+        for c in np.unique(chunk_of):
+            picked = ordinals[chunk_of == c] - self.starts[c]
+            parts.append(self.chunks[c].take(pa.array(picked)))
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return table.take(pa.array(np.argsort(order, kind="stable")))  # back to the asked order
+
+    def release(self, count: int, live_ordinals) -> dict[int, int] | None:
+        """Note ``count`` rows dead; compact when most held rows are dead. Returns old -> new ordinals, if compacted."""
+        self.live -= count
+        held = self.next - (self.starts[0] if self.starts else 0)
+        if held < 4096 or self.live * 2 > held:
+            return None
+        ordinals = sorted(live_ordinals())
+        table = self.take(ordinals)
+        self.chunks, self.starts, self.next, self.live = [], [], 0, 0
+        self.append(table)
+        return {old: new for new, old in enumerate(ordinals)}
+
+
+class FeedbackJoiner:
+    """The join state of one consumer's partitions; `add` once per batch, in batch order."""
+
+    def __init__(self, config: FeedbackConfig, schema: pa.Schema, models: Sequence[str]) -> None:
+        self.config = config
+        self.schema = schema
+        self.models = tuple(models)
+        self.window_ms = round(config.label_window_s * 1000)
+        self.horizon_ms = round(config.click_horizon_s * 1000)
+        self.fnw = config.late_click_policy == "fnw"
+        self.entries: dict[str, _Entry] = {}
+        self._rows = _Rows(schema)
+        self._due: list[tuple[int, int, str]] = []  # (due ts, seq, event id); stale items are skipped
+        self._seq = 0
+        self.partition_ts: dict[int, int] = {}
+        self._partition_seen: dict[int, float] = {}  # wall time of each partition's last message
+        self._recent: deque[int] = deque()
+        self._recent_set: set[int] = set()
+        self.pending = 0  # entries not emitted yet
+        self._released = 0  # rows of forgotten entries, released at the end of the batch
+        self.totals: Counter[str] = Counter()
+
+    # -- the watermark -----------------------------------------------------------------
+    def watermark(self, now: float | None = None) -> int | None:
+        """The smallest latest-event-time over partitions not idle; None before any event."""
+        now = time.monotonic() if now is None else now
+        active = [ts for p, ts in self.partition_ts.items()
+                  if now - self._partition_seen.get(p, now) < self.config.idle_partition_s]
+        if active:
+            return min(active)
+        return max(self.partition_ts.values()) if self.partition_ts else None
+
+    def _observe(self, max_ts: dict[int, int], now: float) -> None:
+        for partition, ts in max_ts.items():
+            if ts > self.partition_ts.get(partition, _NO_TS):
+                self.partition_ts[partition] = ts
+            self._partition_seen[partition] = now
+
+    # -- one batch ---------------------------------------------------------------------
+    def add(
+        self, events: pa.Table, scores: dict[str, np.ndarray], clicks: pa.Table, max_ts: dict[int, int],
+        now: float | None = None,
+    ) -> Joined:
+        """Take one batch (events with null labels are impressions), return what it releases.
+
+        ``scores``: each model's prediction for every row of ``events``, made before any
+        of this batch trained. ``max_ts``: the largest event time per partition in the
+        batch (`stream.feedback_wire.FeedbackDecoded.max_ts`).
+        """
+        now = time.monotonic() if now is None else now
+        counts: Counter[str] = Counter()
+        out = _Emission(self)
+        fresh = self._first_seen(events, counts)
+        labels = events.column("label")
+        is_labelled = pc.fill_null(pc.is_valid(labels), False).to_numpy(zero_copy_only=False)
+        labelled = np.flatnonzero(is_labelled & fresh)
+        impressions = np.flatnonzero(~is_labelled & fresh)
+        if len(labelled):
+            out.add_rows(events.take(pa.array(labelled)), LABELLED, {m: scores[m][labelled] for m in self.models})
+            counts["labelled"] += len(labelled)
+        self._hold(events, impressions, scores, counts, out)
+        rejects = self._join(clicks, counts, out)
+        self._observe(max_ts, now)
+        self._release(self.watermark(now), counts, out)
+        self.totals.update(counts)
+        joined = out.result(rejects, counts)
+        self._release_rows()  # only now: the emission above read the rows it releases
+        return joined
+
+    def _first_seen(self, events: pa.Table, counts: Counter[str]) -> np.ndarray:
+        """Mask of rows whose event id was not seen within the duplicate window (nor held)."""
+        n = events.num_rows
+        fresh = np.ones(n, dtype=bool)
+        if n == 0:
+            return fresh
+        ids = events.column("event_id").to_pylist()
+        keys = to_index_ids(events.column("event_id"))
+        labels = events.column("label").is_null().to_numpy(zero_copy_only=False)
+        limit = self.config.dedup_ids
+        for i, (event_id, key) in enumerate(zip(ids, keys.tolist())):
+            if key in self._recent_set or event_id in self.entries:
+                fresh[i] = False
+                counts["duplicate_impressions" if labels[i] else "duplicate_events"] += 1
+                continue
+            if limit:
+                self._recent.append(key)
+                self._recent_set.add(key)
+                if len(self._recent) > limit:
+                    self._recent_set.discard(self._recent.popleft())
+        return fresh
+
+    def _hold(self, events: pa.Table, rows: np.ndarray, scores: dict[str, np.ndarray], counts: Counter[str],
+              out: _Emission) -> None:
+        if not len(rows):
+            return
+        held = events.take(pa.array(rows))
+        first = self._rows.append(held)
+        ts = held.column("ts").to_numpy()
+        ids = held.column("event_id").to_pylist()
+        per_model = [scores[m][rows].tolist() for m in self.models]
+        for i, event_id in enumerate(ids):
+            entry = _Entry(int(ts[i]), self._seq, first + i, tuple(s[i] for s in per_model))
+            self._seq += 1
+            self.entries[event_id] = entry
+            self.pending += 1
+            heapq.heappush(self._due, (entry.ts + self.window_ms, entry.seq, event_id))
+            if len(self.entries) > self.config.max_pending:
+                self._evict_one(counts, out)
+        counts["impressions"] += len(rows)
+
+    def _join(self, clicks: pa.Table, counts: Counter[str], out: _Emission) -> list[Reject]:
+        rejects: list[Reject] = []
+        if clicks.num_rows == 0:
+            return rejects
+        columns = [clicks.column(c).to_pylist() for c in ("event_id", "ts", "kind", "partition", "offset")]
+        for event_id, ts, kind, partition, offset in zip(*columns):
+            entry = self.entries.get(event_id)
+            reason = None
+            if entry is None:
+                if int(to_index_ids([event_id])[0]) not in self._recent_set:
+                    reason = UNKNOWN_IMPRESSION
+                elif self.fnw:  # fnw holds an impression until its horizon: this one is past it (or was forgotten)
+                    reason = EXPIRED_IMPRESSION
+                else:  # "drop" lets an impression go once labelled: a click for it now is late
+                    counts["late_clicks"] += 1
+                    counts["late_clicks_dropped"] += 1
+                    continue
+            elif ts < entry.ts:
+                reason = CLICK_BEFORE_IMPRESSION
+            elif ts - entry.ts > self.horizon_ms:
+                if not self.fnw:  # as if its impression had gone already: late, dropped
+                    counts["late_clicks"] += 1
+                    counts["late_clicks_dropped"] += 1
+                    continue
+                reason = EXPIRED_IMPRESSION
+            if reason is not None:
+                counts["orphan_clicks"] += 1
+                payload = json.dumps({"type": "click", "event_id": event_id, "ts": ts, "kind": kind}).encode()
+                rejects.append(Reject(reason, partition, offset, payload, f"click for impression {event_id!r}: {reason}"))
+                continue
+            in_window = ts - entry.ts <= self.window_ms
+            if entry.clicked or entry.late:
+                counts["duplicate_clicks"] += 1
+            elif in_window and not entry.emitted:
+                entry.clicked = True
+                counts["joined_clicks"] += 1
+                out.delays.append((ts - entry.ts) / 1000.0)
+            else:  # after its window (by event time), or its impression went out early
+                entry.late = True
+                counts["late_clicks"] += 1
+                if not self.fnw:
+                    counts["late_clicks_dropped"] += 1
+                elif entry.emitted:
+                    self._duplicate(event_id, entry, counts, out)
+        return rejects
+
+    def _duplicate(self, event_id: str, entry: _Entry, counts: Counter[str], out: _Emission) -> None:
+        entry.duplicated = True
+        out.add_held(entry, 1, FNW_DUPLICATE)
+        counts["fnw_duplicates"] += 1
+
+    def _release(self, watermark: int | None, counts: Counter[str], out: _Emission) -> None:
+        """Emit every impression whose window the watermark passed; forget those past their horizon."""
+        if watermark is None:
+            return
+        while self._due and self._due[0][0] < watermark:
+            self._pop_due(counts, out, early=False)
+
+    def _evict_one(self, counts: Counter[str], out: _Emission) -> None:
+        while len(self.entries) > self.config.max_pending and self._due:
+            self._pop_due(counts, out, early=True)
+
+    def _pop_due(self, counts: Counter[str], out: _Emission, early: bool) -> None:
+        due, seq, event_id = heapq.heappop(self._due)
+        entry = self.entries.get(event_id)
+        if entry is None or entry.seq != seq:
+            return
+        if not entry.emitted:
+            entry.emitted = True
+            self.pending -= 1
+            out.add_held(entry, int(entry.clicked), JOINED)
+            if early:
+                counts["emitted_early"] += 1
+            if self.fnw and entry.late and not entry.duplicated:
+                self._duplicate(event_id, entry, counts, out)
+            keep_until = entry.ts + self.horizon_ms
+            if self.fnw and not entry.duplicated and keep_until > due and not early:
+                heapq.heappush(self._due, (keep_until, seq, event_id))  # a late click may still come
+                return
+        elif early:
+            counts["forgotten"] += 1
+        self._forget(event_id)
+
+    def _forget(self, event_id: str) -> None:
+        del self.entries[event_id]
+        self._released += 1
+
+    def _release_rows(self) -> None:
+        remap = self._rows.release(self._released, lambda: (e.row for e in self.entries.values()))
+        self._released = 0
+        if remap is not None:
+            for entry in self.entries.values():
+                entry.row = remap[entry.row]
+
+    # -- sizes and state ---------------------------------------------------------------
+    def bounded_sizes(self) -> dict[str, int]:
+        return {"joiner held impressions": len(self.entries), "joiner pending impressions": self.pending,
+                "joiner duplicate-window ids": len(self._recent)}
+
+    def state_bytes(self) -> bytes:
+        """The whole join state as one Arrow IPC stream (rows + flags; the rest in the schema metadata)."""
+        items = sorted(self.entries.items(), key=lambda kv: kv[1].seq)
+        rows = self._rows.take([e.row for _, e in items])
+        flags = {
+            "__ts": pa.array([e.ts for _, e in items], pa.int64()),
+            "__seq": pa.array([e.seq for _, e in items], pa.int64()),
+            "__clicked": pa.array([e.clicked for _, e in items], pa.bool_()),
+            "__late": pa.array([e.late for _, e in items], pa.bool_()),
+            "__emitted": pa.array([e.emitted for _, e in items], pa.bool_()),
+            "__duplicated": pa.array([e.duplicated for _, e in items], pa.bool_()),
+            "__ordinal": pa.array(range(len(items)), pa.int64()),
+        }
+        for i, model in enumerate(self.models):
+            flags[f"__score_{model}"] = pa.array([e.scores[i] for _, e in items], pa.float64())
+        for name, values in flags.items():
+            rows = rows.append_column(name, values)
+        meta = {
+            "seq": self._seq,
+            "partition_ts": {str(p): ts for p, ts in self.partition_ts.items()},
+            "recent": list(self._recent),
+            "totals": dict(self.totals),
+            "due": [[d, s, e] for d, s, e in self._due if e in self.entries and self.entries[e].seq == s],
+        }
+        rows = rows.replace_schema_metadata({b"inttower.joiner": json.dumps(meta).encode()})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, rows.schema) as writer:
+            writer.write_table(rows)
+        return sink.getvalue().to_pybytes()
+
+    @classmethod
+    def from_state(cls, data: bytes, config: FeedbackConfig, schema: pa.Schema, models: Sequence[str]) -> FeedbackJoiner:
+        joiner = cls(config, schema, models)
+        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        meta = json.loads(table.schema.metadata[b"inttower.joiner"])
+        missing = [m for m in joiner.models if f"__score_{m}" not in table.column_names]
+        if missing:
+            raise ValueError(f"the join state holds no arrival predictions of model(s) {', '.join(missing)}")
+        joiner._rows.append(table.select(schema.names).cast(schema))
+        columns = {name: table.column(name).to_pylist() for name in (*_STATE_COLUMNS, *[f"__score_{m}" for m in joiner.models])}
+        ids = table.column("event_id").to_pylist()
+        for i, event_id in enumerate(ids):
+            entry = _Entry(columns["__ts"][i], columns["__seq"][i], columns["__ordinal"][i],
+                           tuple(columns[f"__score_{m}"][i] for m in joiner.models),
+                           columns["__clicked"][i], columns["__late"][i], columns["__emitted"][i], columns["__duplicated"][i])
+            joiner.entries[event_id] = entry
+            joiner.pending += not entry.emitted
+        joiner._due = [(int(d), int(s), str(e)) for d, s, e in meta["due"]]
+        heapq.heapify(joiner._due)
+        joiner._seq = int(meta["seq"])
+        joiner.partition_ts = {int(p): int(ts) for p, ts in meta["partition_ts"].items()}
+        joiner._recent = deque(int(k) for k in meta["recent"])
+        while config.dedup_ids and len(joiner._recent) > config.dedup_ids:
+            joiner._recent.popleft()
+        joiner._recent_set = set(joiner._recent)
+        joiner.totals = Counter({str(k): int(v) for k, v in meta["totals"].items()})
+        return joiner
+
+
+class _Emission:
+    """Rows released by one batch, gathered, then built into a `Joined` once."""
+
+    def __init__(self, joiner: FeedbackJoiner) -> None:
+        self.joiner = joiner
+        self.tables: list[pa.Table] = []
+        self.roles: list[np.ndarray] = []
+        self.scores: dict[str, list[np.ndarray]] = {m: [] for m in joiner.models}
+        self.held: list[tuple[int, int, int, tuple[float, ...]]] = []  # (row, label, role, scores)
+        self.delays: list[float] = []
+
+    def add_rows(self, table: pa.Table, role: int, scores: dict[str, np.ndarray]) -> None:
+        self._flush_held()
+        self.tables.append(table)
+        self.roles.append(np.full(table.num_rows, role, dtype=np.int8))
+        for m in self.joiner.models:
+            self.scores[m].append(np.asarray(scores[m], dtype=np.float64))
+
+    def add_held(self, entry: _Entry, label: int, role: int) -> None:
+        self.held.append((entry.row, label, role, entry.scores))
+
+    def _flush_held(self) -> None:
+        if not self.held:
+            return
+        rows, labels, roles, scores = zip(*self.held)
+        self.held = []
+        table = self.joiner._rows.take(list(rows))
+        index = table.schema.get_field_index("label")
+        table = table.set_column(index, "label", pa.array(labels, pa.int8()))
+        self.tables.append(table)
+        self.roles.append(np.asarray(roles, dtype=np.int8))
+        for i, m in enumerate(self.joiner.models):
+            self.scores[m].append(np.asarray([s[i] for s in scores], dtype=np.float64))
+
+    def result(self, rejects: list[Reject], counts: Counter[str]) -> Joined:
+        self._flush_held()
+        schema = self.joiner.schema
+        tables = [t for t in self.tables if t.num_rows]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        roles = np.concatenate(self.roles) if self.roles else np.zeros(0, dtype=np.int8)
+        scores = {m: (np.concatenate(v) if v else np.zeros(0)) for m, v in self.scores.items()}
+        return Joined(table, roles, scores, rejects, counts, self.delays)
