@@ -184,7 +184,7 @@ class PreRanker(nn.Module, ABC):
         window of recent items) to CIR's in-batch negatives.
         """
         output = self(batch) if output is None else output
-        bce = F.binary_cross_entropy_with_logits(output.logits.float(), batch.labels)
+        bce = F.binary_cross_entropy_with_logits(output.logits.float(), batch.labels, weight=batch.weights)
         cir = self.cir_term(output, batch, negatives)
         l2 = self.regularization()
         cs3 = self.cs3_term(output, batch)

@@ -9,6 +9,8 @@ standardised. The output is a typed `FeatureBatch` of torch tensors.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +72,9 @@ class FeatureBatch:
     item: TowerInputs
     labels: torch.Tensor  # (B,) float32 in {0, 1}
     item_ids: torch.Tensor  # (B,) int64, the catalogue ids (CIR masks same-item pairs)
+    # (B,) float32 per-example loss weights (delayed-feedback corrections, importance
+    # weights); None: every example weighs 1. The BCE is the mean of weight * loss.
+    weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -80,10 +85,16 @@ class FeatureBatch:
             self.item.to(device, non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
             self.item_ids.to(device, non_blocking=non_blocking),
+            None if self.weights is None else self.weights.to(device, non_blocking=non_blocking),
         )
 
     def select(self, index: torch.Tensor | np.ndarray | slice) -> "FeatureBatch":
-        return FeatureBatch(self.user.select(index), self.item.select(index), self.labels[index], self.item_ids[index])
+        weights = None if self.weights is None else self.weights[index]
+        return FeatureBatch(self.user.select(index), self.item.select(index), self.labels[index], self.item_ids[index], weights)
+
+    def weighted(self, weights: torch.Tensor | None) -> "FeatureBatch":
+        """The same batch with per-example loss weights."""
+        return dataclasses.replace(self, weights=weights)
 
 
 @dataclass(frozen=True)

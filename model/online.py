@@ -43,6 +43,18 @@ class StepResult:
     seconds: float
 
 
+def fnw_weights(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fake-negative-weighted loss weights (Ktena et al., RecSys 2019): p is the model's own prediction.
+
+    A stream that trains every impression as a negative and adds a duplicate positive
+    when its click comes sees positives with probability p / (1 + p); weighting positives
+    by (1 + p) and negatives by (1 - p)(1 + p), p held constant, makes the weighted BCE's
+    minimiser the true click probability again.
+    """
+    p = probabilities.detach().float().clamp(0.0, 1.0)
+    return torch.where(labels > 0.5, 1.0 + p, (1.0 - p) * (1.0 + p))
+
+
 class CIRWindow:
     """A ring buffer of the detached item representations of the last ``capacity`` events.
 
@@ -182,8 +194,15 @@ class OnlineTrainer:
             if momentum is not None:
                 norm.momentum = min(1.0, momentum * ratio)
 
-    def step(self, batch: FeatureBatch, loss_weight: float = 1.0, step_events: int | None = None) -> StepResult:
+    def step(
+        self, batch: FeatureBatch, loss_weight: float = 1.0, step_events: int | None = None,
+        fnw_rows: np.ndarray | None = None,
+    ) -> StepResult:
         """Score ``batch``, then one optimizer step on its loss times ``loss_weight``.
+
+        ``fnw_rows``: a mask of the examples trained with the fake-negative-weighted loss
+        (`fnw_weights`; delayed feedback, `stream.joiner`), their weights computed from
+        this step's own predictions; the batch's ``weights`` multiply in.
 
         ``loss_weight = 0`` marks a stand-in batch: a replica with no events of its own
         taking part in a synchronized step. It adds no gradient, leaves BatchNorm
@@ -199,6 +218,10 @@ class OnlineTrainer:
         stand_in = loss_weight == 0.0
         self.scale_to_batch(len(batch) if step_events is None else step_events)
         probabilities = self.predict(batch)
+        if fnw_rows is not None and fnw_rows.any():
+            mask = torch.as_tensor(fnw_rows, device=self.device)
+            weights = torch.where(mask, fnw_weights(probabilities, batch.labels), torch.ones_like(probabilities))
+            batch = batch.weighted(weights if batch.weights is None else weights * batch.weights)
         if self.steps == 0:  # a fresh model: start calibrated
             initialized = len(batch) >= 2 and not stand_in
             if initialized:

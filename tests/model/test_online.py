@@ -4,6 +4,7 @@ import io
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -167,3 +168,27 @@ def test_a_continued_fit_scales_step_size_and_batchnorm_momentum_to_each_steps_e
     off.continue_from(result)
     off.step(data.select(slice(0, 32)))
     assert off.optimizer.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("fnw", [False, True])
+def test_fnw_weights_undo_the_fake_negatives_bias(fnw):
+    """Each impression trained as a negative, plus a duplicate positive for the clicked 30%:
+    plain BCE learns p / (1 + p) = 0.23; the FNW weights bring the prediction back to 0.3."""
+    torch.manual_seed(0)
+    trainer = OnlineTrainer(build_model(replace(SMALL, kind="lr")), TrainConfig(learning_rate=0.05), OnlineConfig())
+    encoder = FeatureEncoder(SMALL.features)
+    impressions = pa.concat_tables([make_synthetic_like_table(1, seed=5)] * 200)  # one context: a constant to learn
+    clicked = np.random.default_rng(1).random(200) < 0.3
+    negatives = impressions.set_column(impressions.schema.get_field_index("label"), "label",
+                                       pa.array(np.zeros(200, dtype=np.int8)))
+    positives = negatives.filter(pa.array(clicked)).set_column(4, "label", pa.array(np.ones(clicked.sum(), dtype=np.int8)))
+    stream = encoder.encode(pa.concat_tables([negatives, positives]))
+    rows = np.ones(len(stream), dtype=bool) if fnw else None
+    for _ in range(300):
+        trainer.step(stream, fnw_rows=rows)
+    mean = float(trainer.predict(encoder.encode(impressions)).mean())
+    truth = clicked.mean()
+    if fnw:
+        assert abs(mean - truth) < 0.03
+    else:
+        assert abs(mean - truth / (1 + truth)) < 0.03
