@@ -24,7 +24,7 @@ from index_sync.config import IndexSyncConfig
 from model.config import ModelConfig, OnlineConfig, TrainConfig
 from monitoring.config import MonitoringConfig
 from serving.config import ServingConfig
-from stream.config import StreamConfig
+from stream.config import FeedbackConfig, StreamConfig
 from stream.movielens import MovieLensImport
 from stream.synthetic import SyntheticLogConfig
 from stream.table_import import TableImport
@@ -104,6 +104,7 @@ class AppConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     index: IndexSyncConfig = field(default_factory=IndexSyncConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)

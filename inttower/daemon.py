@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -55,12 +56,14 @@ from monitoring.memory import TracedGrowth, read_memory, tune_malloc
 from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
+from stream.joiner import FNW_DUPLICATE, LABELLED, FeedbackJoiner, Joined
 from stream.topics import TopicNotFoundError
 
 log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
 BUSY_POLL_S = 0.02  # multi-worker, while the job has events: a rank without a batch must not hold the others
 TELEMETRY_EVERY_S = 1.0  # lag and index gauges: about one Prometheus scrape interval
+FEEDBACK_PART = "feedback"  # the checkpoint part holding the impression/click join state
 
 
 @dataclass
@@ -124,6 +127,8 @@ class TrainingDaemon:
         self.index_sync = self._index_sync() if config.index.enabled and self.primary else None
         self.telemetry = self._telemetry() if config.monitoring.enabled else None
         self.audit = TrainedEventLog(config.daemon.audit_log) if config.daemon.audit_log and self.primary else None
+        self.joiner = self._joiner() if config.feedback.joined else None
+        self._joined: Joined | None = None  # the current iteration's join output (joined feedback only)
         digests = config.daemon.parameter_digest_dir
         self.digests = ParameterDigestLog(digests, self.coordinator.rank) if digests else None
         self.offsets: dict[int, int] = {}  # next offset of each partition this rank reads
@@ -158,6 +163,12 @@ class TrainingDaemon:
         window = self.config.daemon.metric_window
         return ModelSlot(name, OnlineTrainer(model, self.config.train, self.config.online), RollingAUC(window), RollingLogLoss(window))
 
+    def _joiner(self) -> FeedbackJoiner:
+        if self.coordinator.world_size > 1:
+            raise UserError("[feedback] mode = \"joined\" runs in one process for now; multi-worker training needs "
+                            "labelled events")
+        return FeedbackJoiner(self.config.feedback, self.schema.arrow_schema(), [s.name for s in self.slots])
+
     def _telemetry(self) -> Telemetry:
         """Rank 0 exports everything; other ranks their own stream metrics (see `Telemetry`)."""
         if not self.coordinator.launched:
@@ -179,6 +190,8 @@ class TrainingDaemon:
         """Load the newest valid checkpoint, if any; True when one was restored."""
         checkpoint = self.store.latest()
         if checkpoint is None:
+            if self.audit is not None:  # a run killed before its first checkpoint left lines no model holds
+                self.audit.truncate(0)
             if self.config.daemon.init_from:
                 self._warm_start(self.config.daemon.init_from)
             return False
@@ -197,6 +210,16 @@ class TrainingDaemon:
             slot.logloss.load_state_dict(meta["metrics"][slot.name]["logloss"])
         if self.index_sync is not None:
             self.index_sync.restore({p: checkpoint.read(p) for p in INDEX_CHECKPOINT_PARTS if checkpoint.has(p)})
+        if self.joiner is not None and checkpoint.has(FEEDBACK_PART):
+            try:
+                self.joiner = FeedbackJoiner.from_state(checkpoint.read(FEEDBACK_PART), self.config.feedback,
+                                                        self.schema.arrow_schema(), [s.name for s in self.slots])
+            except (ValueError, KeyError) as exc:
+                raise UserError(f"{checkpoint.path}: its join state does not fit this config ({exc}); "
+                                "use another daemon.checkpoint_dir") from None
+        elif self.joiner is not None and meta["events"]:
+            raise UserError(f"{checkpoint.path}: written by a daemon with labelled feedback; joined feedback needs "
+                            "its own daemon.checkpoint_dir")
         self.offsets = {int(p): int(o) for p, o in meta["offsets"].items()}
         self._restored_offsets = dict(self.offsets)
         self.events = int(meta["events"])
@@ -239,6 +262,8 @@ class TrainingDaemon:
             parts[slot.part] = serialize_state(slot.trainer.state_dict())
         if self.index_sync is not None:
             parts.update(self.index_sync.checkpoint_parts())
+        if self.joiner is not None:
+            parts[FEEDBACK_PART] = self.joiner.state_bytes()
         if self.audit is not None:
             self.audit.sync()
         metadata = {
@@ -278,7 +303,8 @@ class TrainingDaemon:
         if partitions is not None:
             stream = replace(stream, assignment="static")
             self.offsets = {p: o for p, o in self.offsets.items() if p in partitions}
-        consumer = ClickStreamConsumer(stream, self.schema, start_offsets=dict(self.offsets), partitions=partitions)
+        consumer = ClickStreamConsumer(stream, self.schema, start_offsets=dict(self.offsets), partitions=partitions,
+                                       joined=self.joiner is not None)
         dead_letters = DeadLetterWriter(self.config.stream)
         self._last_event = time.monotonic()
         if self.telemetry is not None:
@@ -350,7 +376,26 @@ class TrainingDaemon:
         if verdict is not None:
             raise UserError(verdict)
 
+    def _join(self, batch: Batch, agreement: Agreement) -> tuple[Batch, Agreement]:
+        """Joined feedback: score the batch's events as they arrive, join, and train on what the joiner releases."""
+        events = batch.table
+        scores = {}
+        if events.num_rows:
+            features = self.encoder.encode(events)
+            scores = {slot.name: slot.trainer.predict(features).cpu().numpy().astype(np.float64) for slot in self.slots}
+        else:
+            scores = {slot.name: np.zeros(0) for slot in self.slots}
+        joined = self.joiner.add(events, scores, batch.clicks, batch.max_ts)
+        self._joined = joined
+        if self.telemetry is not None:
+            self.telemetry.on_join(joined, self.joiner)
+        released = replace(batch, table=joined.table, rejects=[*batch.rejects, *joined.rejects])
+        return released, replace(agreement, rows=(joined.table.num_rows,))
+
     def _process(self, batch: Batch | None, agreement: Agreement, dead_letters: DeadLetterWriter) -> None:
+        self._joined = None
+        if batch is not None and self.joiner is not None:
+            batch, agreement = self._join(batch, agreement)
         rows = batch.events if batch is not None else 0
         if batch is not None:
             self._first_batch_at = self._first_batch_at or time.monotonic()
@@ -362,8 +407,11 @@ class TrainingDaemon:
             # A rank without events still steps (weight 0): DDP's all-reduce needs every rank.
             features = self.encoder.encode(batch.table) if rows else self._stand_in
             weight = agreement.loss_weight(self.coordinator.rank)
+            fnw = None
+            if self._joined is not None and self.config.feedback.late_click_policy == "fnw":
+                fnw = self._joined.roles != LABELLED
             for slot in self.slots:
-                results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows)
+                results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows, fnw_rows=fnw)
             if rows:
                 for observer in self.observers:
                     observer.on_batch(batch.table, results)
@@ -385,11 +433,29 @@ class TrainingDaemon:
     def _step_record(self, table: pa.Table | None, results: dict[str, StepResult]) -> StepRecord | None:
         """Every rank's events of this step, on rank 0 (None elsewhere)."""
         audit, index = self.config.daemon.audit_log is not None, self.config.index.enabled
+        if self._joined is not None:
+            return self._joined_record(table, results, audit, index)
         if self.coordinator.world_size == 1:
             return StepRecord.of_batch(table, results, audit, index)
         share = StepShare.of(table, results, audit, index) if table is not None else None
         shares = self.coordinator.gather(share)
         return StepRecord.merged(shares, results) if shares is not None else None
+
+    def _joined_record(self, table: pa.Table, results: dict[str, StepResult], audit: bool, index: bool) -> StepRecord:
+        """The quality meets each impression's final label with its *arrival* prediction, once (no FNW duplicates).
+
+        In joined mode an audit line is ``event_id<TAB>label``, and ``...<TAB>fnw`` for an FNW duplicate.
+        """
+        joined = self._joined
+        counted = joined.counted
+        labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.float32)
+        measured = {name: replace(result, probabilities=joined.scores[name][counted], labels=labels[counted])
+                    for name, result in results.items()}
+        ids = None
+        if audit:
+            ids = [f"{event_id}\t{int(label)}" + ("\tfnw" if role == FNW_DUPLICATE else "")
+                   for event_id, label, role in zip(table.column("event_id").to_pylist(), labels, joined.roles)]
+        return StepRecord(measured, table.column("ts").to_numpy()[counted], ids, table if index else None)
 
     def _record(self, step: StepRecord) -> None:
         for i, slot in enumerate(self.slots):
@@ -451,6 +517,8 @@ class TrainingDaemon:
         sizes = {f"history points ({s.name})": len(s.history) for s in self.slots}
         if self.index_sync is not None:
             sizes.update(self.index_sync.bounded_sizes())
+        if self.joiner is not None:
+            sizes.update(self.joiner.bounded_sizes())
         return sizes
 
     def _memory_report(self) -> None:

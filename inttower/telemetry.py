@@ -32,6 +32,7 @@ from monitoring.metrics import TrainerMetrics, observe_many
 from monitoring.streaming import RollingAUC, RollingCalibration, RollingLogLoss
 from stream.codec import REJECT_REASONS
 from stream.consumer import Batch
+from stream.joiner import CLICK_REJECT_REASONS, FeedbackJoiner, Joined
 
 log = logging.getLogger("inttower.telemetry")
 MS = 1000.0
@@ -108,8 +109,10 @@ class Telemetry:
             for reason in (SKIP_NON_FINITE_LOSS, SKIP_NON_FINITE_GRADIENT):
                 m.skipped_steps.labels(name, reason)
             m.step_duration.labels(name)
-        for reason in REJECT_REASONS:
+        for reason in (*REJECT_REASONS, *CLICK_REJECT_REASONS):
             self.metrics.events_dead_lettered.labels(reason)
+        for outcome in ("joined", "late", "orphan", "duplicate"):
+            self.metrics.feedback_clicks.labels(outcome)
         for kind in ("sync", "full_refresh"):
             self.metrics.index_sync_duration.labels(kind)
         self._last_version_seen = 0
@@ -161,6 +164,28 @@ class Telemetry:
             m.events_consumed.labels(str(partition)).inc(count)
         for reject in batch.rejects:
             m.events_dead_lettered.labels(reject.reason).inc()
+
+    def on_join(self, joined: Joined, joiner: FeedbackJoiner) -> None:
+        """Joined feedback: what one batch's join did, and the join state's size and watermark."""
+        m = self.metrics
+        counts = joined.counts
+        for outcome, key in (("joined", "joined_clicks"), ("late", "late_clicks"), ("orphan", "orphan_clicks"),
+                             ("duplicate", "duplicate_clicks")):
+            if counts[key]:
+                m.feedback_clicks.labels(outcome).inc(counts[key])
+        for outcome, key in (("impression", "impressions"), ("labelled", "labelled"),
+                             ("duplicate", "duplicate_impressions"), ("duplicate", "duplicate_events"),
+                             ("emitted_early", "emitted_early"), ("forgotten", "forgotten"),
+                             ("fnw_duplicate", "fnw_duplicates")):
+            if counts[key]:
+                m.feedback_impressions.labels(outcome).inc(counts[key])
+        for delay in joined.label_delays_s:
+            m.feedback_label_delay.observe(delay)
+        m.feedback_pending.set(joiner.pending)
+        m.feedback_held.set(len(joiner.entries))
+        watermark = joiner.watermark()
+        if watermark is not None:
+            m.feedback_watermark_lag.set(max(time.time() - watermark / 1000.0, 0.0))
 
     def on_step(self, results: dict[str, StepResult], event_ts_ms: np.ndarray, now: float | None = None) -> None:
         """The job's step: every model's result over the events of every rank (``event_ts_ms``: theirs)."""

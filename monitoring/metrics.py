@@ -29,6 +29,8 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600,
 #: Syncs take ~10 ms-1 s; full refreshes seconds to minutes at 1M items.
 SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Impression to click: seconds for most clicks, hours for a few (conversions: days).
+LABEL_DELAY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 
 
 class TrainerMetrics:
@@ -79,6 +81,23 @@ class TrainerMetrics:
                                            registry=r)
         self.index_evicted = Counter("inttower_index_items_evicted_total", "Items evicted from the bounded catalogue.",
                                      registry=r)
+        # -- delayed feedback (`[feedback] mode = "joined"`)
+        self.feedback_pending = Gauge("inttower_feedback_pending_impressions",
+                                      "Impressions waiting for their label window to pass.", registry=r)
+        self.feedback_held = Gauge("inttower_feedback_held_impressions",
+                                   "Impressions held by the joiner (pending, or kept for late clicks): at most max_pending.",
+                                   registry=r)
+        self.feedback_watermark_lag = Gauge("inttower_feedback_watermark_lag_seconds",
+                                            "Wall-clock time minus the joiner's event-time watermark.", registry=r)
+        self.feedback_clicks = Counter("inttower_feedback_clicks_total",
+                                       "Clicks by outcome: joined (within the window), late, orphan, duplicate.",
+                                       ["outcome"], registry=r)
+        self.feedback_impressions = Counter("inttower_feedback_impressions_total",
+                                            "Impressions and labelled events by outcome: impression, labelled, duplicate, "
+                                            "emitted_early, forgotten, fnw_duplicate.", ["outcome"], registry=r)
+        self.feedback_label_delay = Histogram("inttower_feedback_label_delay_seconds",
+                                              "Event time from an impression to the click that joined it.",
+                                              buckets=LABEL_DELAY_BUCKETS, registry=r)
         # -- checkpoints
         self.checkpoint_duration = Histogram("inttower_checkpoint_duration_seconds", "Writing one checkpoint.",
                                              buckets=CHECKPOINT_BUCKETS, registry=r)

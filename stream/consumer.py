@@ -69,6 +69,7 @@ from stream.codec import (
 from stream.config import StreamConfig, kafka_client_options, resolve_check_crcs
 from stream.consumer_clients import ConsumerClient, OffsetLookup, Positions, open_client
 from stream.events import EventSchema
+from stream.feedback_wire import decode_feedback
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ class Batch:
     messages: int
     closed_at: float
     events_by_partition: dict[int, int] = field(default_factory=dict)  # valid rows per partition
+    # Joined feedback (`[feedback] mode = "joined"`): the batch's clicks
+    # (`stream.feedback_wire.CLICK_SCHEMA`) and each partition's largest event time.
+    clicks: pa.Table | None = None
+    max_ts: dict[int, int] = field(default_factory=dict)
 
     @property
     def events(self) -> int:
@@ -179,6 +184,7 @@ class ClickStreamConsumer:
         schema: EventSchema,
         start_offsets: dict[int, int] | None = None,
         partitions: Sequence[int] | None = None,
+        joined: bool = False,
     ) -> None:
         if config.assignment == "static" and not partitions:
             raise ValueError("static assignment needs the partitions to read")
@@ -186,6 +192,7 @@ class ClickStreamConsumer:
             raise ValueError("partitions are assigned by the group in group mode; use assignment='static' to choose them")
         self.config = config
         self.schema = schema
+        self.joined = joined  # impressions, clicks and watermarks (`stream.feedback_wire`), not only labelled events
         self._lock = threading.Lock()
         # Polling thread: next offset after the last message put in a batch (or the start offset).
         self._positions: dict[int, int] = dict(start_offsets or {})
@@ -414,7 +421,12 @@ class ClickStreamConsumer:
         if len(taken) == 1 and events > limit and not self._warned_large_message:
             self._warned_large_message = True  # once: a producer doing this does it for every message
             log.warning("a message holds %d events > max_batch_events %d: such messages form batches on their own", events, limit)
-        decoded = decode_messages(taken, self.schema, self.config.max_message_bytes)
+        if self.joined:
+            decoded = decode_feedback(taken, self.schema, self.config.max_message_bytes)
+            table, clicks, max_ts = decoded.events, decoded.clicks, decoded.max_ts
+        else:
+            decoded = decode_messages(taken, self.schema, self.config.max_message_bytes)
+            table, clicks, max_ts = decoded.table, None, {}
         first: dict[int, int] = {}
         for message in taken:
             first.setdefault(message.partition, message.offset)
@@ -422,13 +434,15 @@ class ClickStreamConsumer:
         for p in first if self._searches else ():
             self._searches.pop(p, None)  # its start message is in a batch: positions cover the rest
         return Batch(
-            table=decoded.table,
+            table=table,
             next_offsets=dict(self._positions),
             rejects=decoded.rejects,
             events_by_partition=decoded.events_by_partition,
             first_offsets=first,
             messages=len(taken),
             closed_at=time.time(),
+            clicks=clicks,
+            max_ts=max_ts,
         )
 
     def _on_revoked(self, revoked: list[int]) -> None:
