@@ -72,7 +72,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 def _cmd_data_synthetic(args: argparse.Namespace) -> None:
     from inttower.commands import write_synthetic_log
 
-    write_synthetic_log(Path(args.out), _config(args.config), events=args.events, seed=args.seed)
+    write_synthetic_log(Path(args.out), _config(args.config), events=args.events, seed=args.seed, delays=args.delays)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -124,6 +124,9 @@ def _cmd_replay(args: argparse.Namespace) -> None:
     import dataclasses
 
     from stream.clicklog import read_click_log
+    from stream.delays import is_feedback_log
+    from stream.event_time import parse_event_time
+    from stream.feedback_replay import replay_feedback
     from stream.replay import replay
 
     config = _config(args.config).stream
@@ -131,8 +134,23 @@ def _cmd_replay(args: argparse.Namespace) -> None:
     if args.bootstrap:
         overrides["bootstrap_servers"] = tuple(args.bootstrap.split(","))
     config = dataclasses.replace(config, **overrides)
+    table = read_click_log(args.log, index_ids=False)
+    if is_feedback_log(table.schema):
+        if args.format != "json":
+            raise UserError(f"{args.log} is a feedback log (impressions and clicks): it replays as JSON only")
+        end = None
+        if args.end_watermark is not None:
+            try:
+                end = parse_event_time(args.end_watermark)
+            except ValueError as exc:
+                raise UserError(f"--end-watermark: {exc}") from None
+        summary = replay_feedback(table, config, rate=args.rate, speedup=args.speedup, progress=True,
+                                  stamp_event_times=args.stamp_event_times, end_watermark_ms=end)
+        print(f"replayed {summary.events} impressions and their clicks in {summary.messages} messages, "
+              f"{summary.seconds:.1f} s")
+        return
     summary = replay(
-        read_click_log(args.log, index_ids=False), config, rate=args.rate, speedup=args.speedup, fmt=args.format, progress=True,
+        table, config, rate=args.rate, speedup=args.speedup, fmt=args.format, progress=True,
         stamp_event_times=args.stamp_event_times,
     )
     print(f"replayed {summary.events} events in {summary.messages} messages, {summary.seconds:.1f} s, {summary.events_per_s:.0f} events/s")
@@ -180,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("out", help="output Parquet file")
     syn.add_argument("--events", type=int, help="number of events (default: [data.synthetic] events)")
     syn.add_argument("--seed", type=int, help="random seed (default: [data.synthetic] seed)")
-    syn.add_argument("--config", help="TOML config ([data.synthetic] sets the generator)")
+    syn.add_argument("--delays", action="store_true",
+                     help="a feedback log: every event an impression, positives clicked after a delay ([data.delays]); "
+                     "replay sends impressions and clicks for [feedback] mode = \"joined\"")
+    syn.add_argument("--config", help="TOML config ([data.synthetic] sets the generator, [data.delays] the click delays)")
     syn.set_defaults(run=_cmd_data_synthetic)
     tab = sources.add_parser("table", help="your own click log (CSV, Parquet or JSON lines) -> time-ordered click log")
     tab.add_argument("path", help="CSV/TSV, Parquet or JSON-lines file (format by extension or [data.table] format)")
@@ -223,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--stamp-event-times", action="store_true",
                      help="record timestamps = event times ([stream] start_at can then seek by time; the topic needs "
                      "retention.ms = -1 or Kafka deletes old-stamped records)")
+    rep.add_argument("--end-watermark", metavar="TIME",
+                     help="feedback logs: the watermark sent to every partition at the end (epoch ms or ISO-8601; "
+                     "default: the log's last event time); a time past the last impression's window labels every "
+                     "impression, but no later traffic may then be older")
     rep.add_argument("--config", help="TOML config ([stream] security settings)")
     rep.set_defaults(run=_cmd_replay)
 

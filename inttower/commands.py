@@ -17,6 +17,7 @@ from stream.clicklog import ClickLogScan, write_click_log
 from stream.event_time import parse_event_time
 from stream.datasets import data_home, download_movielens
 from stream.movielens import import_movielens
+from stream.delays import add_click_times, delay_quantiles_s
 from stream.synthetic import generate_synthetic_log
 from stream.table_import import import_table
 
@@ -81,13 +82,21 @@ def run_local_broker(config: AppConfig, port: int, partitions: int) -> None:
     print("broker stopped")
 
 
-def write_synthetic_log(out: Path, config: AppConfig, events: int | None = None, seed: int | None = None) -> None:
+def write_synthetic_log(
+    out: Path, config: AppConfig, events: int | None = None, seed: int | None = None, delays: bool = False,
+) -> None:
+    """`inttower data synthetic`; with ``delays`` a feedback log (impressions with later click times, `stream.delays`)."""
     started = time.perf_counter()
     options = config.data.synthetic
     overrides = {k: v for k, v in {"events": events, "seed": seed}.items() if v is not None}
     table = generate_synthetic_log(dataclasses.replace(options, **overrides))
+    note = ""
+    if delays:
+        table = add_click_times(table, config.data.delays)
+        p50, p90, p99 = delay_quantiles_s(table, (0.5, 0.9, 0.99))
+        note = f"; click delays p50 {p50:.0f} s, p90 {p90:.0f} s, p99 {p99:.0f} s (replay sends impressions and clicks)"
     write_click_log(table, out)
-    print(f"wrote {out}: {table.num_rows} events, {time.perf_counter() - started:.1f} s")
+    print(f"wrote {out}: {table.num_rows} events, {time.perf_counter() - started:.1f} s{note}")
 
 
 def _time_range(since: str | None, until: str | None) -> tuple[int | None, int | None]:

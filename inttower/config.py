@@ -25,6 +25,7 @@ from model.config import ModelConfig, OnlineConfig, TrainConfig
 from monitoring.config import MonitoringConfig
 from serving.config import ServingConfig
 from stream.config import FeedbackConfig, StreamConfig
+from stream.delays import DelayConfig
 from stream.movielens import MovieLensImport
 from stream.synthetic import SyntheticLogConfig
 from stream.table_import import TableImport
@@ -37,6 +38,8 @@ class DataConfig:
     movielens: MovieLensImport = field(default_factory=MovieLensImport)
     synthetic: SyntheticLogConfig = field(default_factory=SyntheticLogConfig)
     table: TableImport = field(default_factory=TableImport)
+    # `inttower data synthetic --delays`: click delays of a feedback log (`stream.delays`).
+    delays: DelayConfig = field(default_factory=DelayConfig)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
 BUSY_POLL_S = 0.02  # multi-worker, while the job has events: a rank without a batch must not hold the others
 TELEMETRY_EVERY_S = 1.0  # lag and index gauges: about one Prometheus scrape interval
-FEEDBACK_PART = "feedback"  # the checkpoint part holding the impression/click join state
+FEEDBACK_PART = "feedback-{rank}"  # checkpoint parts: each rank's impression/click join state
 
 
 @dataclass
@@ -129,6 +129,7 @@ class TrainingDaemon:
         self.audit = TrainedEventLog(config.daemon.audit_log) if config.daemon.audit_log and self.primary else None
         self.joiner = self._joiner() if config.feedback.joined else None
         self._joined: Joined | None = None  # the current iteration's join output (joined feedback only)
+        self._join_states: list[bytes] = []  # restored, until this rank knows its partitions
         digests = config.daemon.parameter_digest_dir
         self.digests = ParameterDigestLog(digests, self.coordinator.rank) if digests else None
         self.offsets: dict[int, int] = {}  # next offset of each partition this rank reads
@@ -163,11 +164,16 @@ class TrainingDaemon:
         window = self.config.daemon.metric_window
         return ModelSlot(name, OnlineTrainer(model, self.config.train, self.config.online), RollingAUC(window), RollingLogLoss(window))
 
-    def _joiner(self) -> FeedbackJoiner:
-        if self.coordinator.world_size > 1:
-            raise UserError("[feedback] mode = \"joined\" runs in one process for now; multi-worker training needs "
-                            "labelled events")
-        return FeedbackJoiner(self.config.feedback, self.schema.arrow_schema(), [s.name for s in self.slots])
+    def _joiner(self, states: Sequence[bytes] = (), partitions: Sequence[int] | None = None) -> FeedbackJoiner:
+        """This rank's joiner: fresh, or the checkpointed states' share of ``partitions`` (None: all)."""
+        models = [s.name for s in self.slots]
+        if not states:
+            return FeedbackJoiner(self.config.feedback, self.schema.arrow_schema(), models)
+        try:
+            return FeedbackJoiner.from_states(states, self.config.feedback, self.schema.arrow_schema(), models, partitions)
+        except (ValueError, KeyError, pa.ArrowException) as exc:
+            raise UserError(f"{self._restored_name}: its join state does not fit this config ({exc}); "
+                            "use another daemon.checkpoint_dir") from None
 
     def _telemetry(self) -> Telemetry:
         """Rank 0 exports everything; other ranks their own stream metrics (see `Telemetry`)."""
@@ -210,16 +216,13 @@ class TrainingDaemon:
             slot.logloss.load_state_dict(meta["metrics"][slot.name]["logloss"])
         if self.index_sync is not None:
             self.index_sync.restore({p: checkpoint.read(p) for p in INDEX_CHECKPOINT_PARTS if checkpoint.has(p)})
-        if self.joiner is not None and checkpoint.has(FEEDBACK_PART):
-            try:
-                self.joiner = FeedbackJoiner.from_state(checkpoint.read(FEEDBACK_PART), self.config.feedback,
-                                                        self.schema.arrow_schema(), [s.name for s in self.slots])
-            except (ValueError, KeyError) as exc:
-                raise UserError(f"{checkpoint.path}: its join state does not fit this config ({exc}); "
-                                "use another daemon.checkpoint_dir") from None
-        elif self.joiner is not None and meta["events"]:
-            raise UserError(f"{checkpoint.path}: written by a daemon with labelled feedback; joined feedback needs "
-                            "its own daemon.checkpoint_dir")
+        if self.joiner is not None:
+            ranks = int(meta.get("feedback_ranks", 0))
+            if not ranks and meta["events"]:
+                raise UserError(f"{checkpoint.path}: written by a daemon with labelled feedback; joined feedback needs "
+                                "its own daemon.checkpoint_dir")
+            # Taken apart by partition once this rank knows its share (`run`).
+            self._join_states = [checkpoint.read(FEEDBACK_PART.format(rank=r)) for r in range(ranks)]
         self.offsets = {int(p): int(o) for p, o in meta["offsets"].items()}
         self._restored_offsets = dict(self.offsets)
         self.events = int(meta["events"])
@@ -250,7 +253,8 @@ class TrainingDaemon:
     def checkpoint(self) -> None:
         """Every rank calls it at the same iteration; rank 0 writes every rank's offsets."""
         started = time.perf_counter()
-        shares = self.coordinator.gather((dict(self.offsets), dict(self.dead_lettered)))
+        join_state = self.joiner.state_bytes() if self.joiner is not None else None
+        shares = self.coordinator.gather((dict(self.offsets), dict(self.dead_lettered), join_state))
         self._events_at_checkpoint = self.events
         self._last_checkpoint = time.monotonic()
         if shares is None:
@@ -262,8 +266,8 @@ class TrainingDaemon:
             parts[slot.part] = serialize_state(slot.trainer.state_dict())
         if self.index_sync is not None:
             parts.update(self.index_sync.checkpoint_parts())
-        if self.joiner is not None:
-            parts[FEEDBACK_PART] = self.joiner.state_bytes()
+        for rank, share in enumerate(shares if self.joiner is not None else ()):
+            parts[FEEDBACK_PART.format(rank=rank)] = share[2]
         if self.audit is not None:
             self.audit.sync()
         metadata = {
@@ -273,6 +277,7 @@ class TrainingDaemon:
             "events": self.events,
             "dead_lettered": dict(self._job_dead_lettered),
             "audit_position": self.audit.position() if self.audit is not None else 0,
+            "feedback_ranks": len(shares) if self.joiner is not None else 0,
             "metrics": {s.name: {"auc": s.auc.state_dict(), "logloss": s.logloss.state_dict()} for s in self.slots},
         }
         written = self.store.save(parts, metadata)
@@ -303,6 +308,9 @@ class TrainingDaemon:
         if partitions is not None:
             stream = replace(stream, assignment="static")
             self.offsets = {p: o for p, o in self.offsets.items() if p in partitions}
+        if self.joiner is not None and self._join_states:
+            self.joiner = self._joiner(self._join_states, partitions)
+            self._join_states = []
         consumer = ClickStreamConsumer(stream, self.schema, start_offsets=dict(self.offsets), partitions=partitions,
                                        joined=self.joiner is not None)
         dead_letters = DeadLetterWriter(self.config.stream)
@@ -376,25 +384,32 @@ class TrainingDaemon:
         if verdict is not None:
             raise UserError(verdict)
 
-    def _join(self, batch: Batch, agreement: Agreement) -> tuple[Batch, Agreement]:
-        """Joined feedback: score the batch's events as they arrive, join, and train on what the joiner releases."""
-        events = batch.table
-        scores = {}
-        if events.num_rows:
-            features = self.encoder.encode(events)
-            scores = {slot.name: slot.trainer.predict(features).cpu().numpy().astype(np.float64) for slot in self.slots}
-        else:
+    def _join(self, batch: Batch | None, agreement: Agreement) -> tuple[Batch | None, Agreement]:
+        """Joined feedback: score the batch's events as they arrive, join, and train on what the joiner releases.
+
+        Every rank calls it every iteration: what the ranks release differs from what they
+        read, so a second all-reduce agrees on the step's rows.
+        """
+        released = 0
+        if batch is not None:
+            events = batch.table
             scores = {slot.name: np.zeros(0) for slot in self.slots}
-        joined = self.joiner.add(events, scores, batch.clicks, batch.max_ts)
-        self._joined = joined
-        if self.telemetry is not None:
-            self.telemetry.on_join(joined, self.joiner)
-        released = replace(batch, table=joined.table, rejects=[*batch.rejects, *joined.rejects])
-        return released, replace(agreement, rows=(joined.table.num_rows,))
+            if events.num_rows:
+                features = self.encoder.encode(events)
+                scores = {slot.name: slot.trainer.predict(features).cpu().numpy().astype(np.float64) for slot in self.slots}
+            joined = self.joiner.add(events, scores, batch.clicks, batch.max_ts, batch.event_partitions)
+            self._joined = joined
+            if self.telemetry is not None:
+                self.telemetry.on_join(joined, self.joiner)
+            batch = replace(batch, table=joined.table, rejects=[*batch.rejects, *joined.rejects])
+            released = joined.table.num_rows
+        if self.coordinator.world_size == 1:
+            return batch, replace(agreement, rows=(released,))
+        return batch, replace(agreement, rows=self.coordinator.agree(Vote(released)).rows)
 
     def _process(self, batch: Batch | None, agreement: Agreement, dead_letters: DeadLetterWriter) -> None:
         self._joined = None
-        if batch is not None and self.joiner is not None:
+        if self.joiner is not None:
             batch, agreement = self._join(batch, agreement)
         rows = batch.events if batch is not None else 0
         if batch is not None:
@@ -408,7 +423,7 @@ class TrainingDaemon:
             features = self.encoder.encode(batch.table) if rows else self._stand_in
             weight = agreement.loss_weight(self.coordinator.rank)
             fnw = None
-            if self._joined is not None and self.config.feedback.late_click_policy == "fnw":
+            if rows and self._joined is not None and self.config.feedback.late_click_policy == "fnw":
                 fnw = self._joined.roles != LABELLED
             for slot in self.slots:
                 results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows, fnw_rows=fnw)
@@ -433,11 +448,13 @@ class TrainingDaemon:
     def _step_record(self, table: pa.Table | None, results: dict[str, StepResult]) -> StepRecord | None:
         """Every rank's events of this step, on rank 0 (None elsewhere)."""
         audit, index = self.config.daemon.audit_log is not None, self.config.index.enabled
-        if self._joined is not None:
-            return self._joined_record(table, results, audit, index)
+        joined = self._joined_record(table, results, audit, index) if self._joined is not None and table is not None else None
         if self.coordinator.world_size == 1:
-            return StepRecord.of_batch(table, results, audit, index)
-        share = StepShare.of(table, results, audit, index) if table is not None else None
+            return joined if joined is not None else StepRecord.of_batch(table, results, audit, index)
+        if joined is not None:
+            share = StepShare.of_record(joined)
+        else:
+            share = StepShare.of(table, results, audit, index) if table is not None else None
         shares = self.coordinator.gather(share)
         return StepRecord.merged(shares, results) if shares is not None else None
 

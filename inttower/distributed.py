@@ -342,6 +342,19 @@ class StepShare:
             items=distinct_items(table) if items else None,
         )
 
+    @classmethod
+    def of_record(cls, record: StepRecord) -> StepShare:
+        """A rank's share from its own record (joined feedback builds one: arrival predictions, labelled ids)."""
+        first = next(iter(record.results.values()))
+        return cls(
+            labels=first.labels,
+            probabilities={name: r.probabilities for name, r in record.results.items()},
+            event_ts_ms=record.event_ts_ms,
+            item_ids=first.touched_item_ids,
+            event_ids=record.event_ids,
+            items=distinct_items(record.items) if record.items is not None else None,
+        )
+
 
 @dataclass
 class StepRecord:

@@ -54,6 +54,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from stream.broker import wait_for_broker
@@ -109,6 +110,7 @@ class Batch:
     # (`stream.feedback_wire.CLICK_SCHEMA`) and each partition's largest event time.
     clicks: pa.Table | None = None
     max_ts: dict[int, int] = field(default_factory=dict)
+    event_partitions: np.ndarray | None = None  # joined feedback: each table row's partition
 
     @property
     def events(self) -> int:
@@ -423,10 +425,10 @@ class ClickStreamConsumer:
             log.warning("a message holds %d events > max_batch_events %d: such messages form batches on their own", events, limit)
         if self.joined:
             decoded = decode_feedback(taken, self.schema, self.config.max_message_bytes)
-            table, clicks, max_ts = decoded.events, decoded.clicks, decoded.max_ts
+            table, clicks, max_ts, partitions = decoded.events, decoded.clicks, decoded.max_ts, decoded.event_partitions
         else:
             decoded = decode_messages(taken, self.schema, self.config.max_message_bytes)
-            table, clicks, max_ts = decoded.table, None, {}
+            table, clicks, max_ts, partitions = decoded.table, None, {}, None
         first: dict[int, int] = {}
         for message in taken:
             first.setdefault(message.partition, message.offset)
@@ -443,6 +445,7 @@ class ClickStreamConsumer:
             closed_at=time.time(),
             clicks=clicks,
             max_ts=max_ts,
+            event_partitions=partitions,
         )
 
     def _on_revoked(self, revoked: list[int]) -> None:

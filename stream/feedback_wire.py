@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -68,6 +69,7 @@ class FeedbackDecoded:
     """A batch of joined-mode messages, decoded: events (label null for impressions), clicks, watermarks."""
 
     events: pa.Table
+    event_partitions: np.ndarray  # int32, the partition of each events row
     clicks: pa.Table  # CLICK_SCHEMA, message order
     rejects: list[Reject]
     max_ts: dict[int, int] = field(default_factory=dict)  # per partition: largest ts of any message in the batch
@@ -127,6 +129,7 @@ def decode_feedback(
     for message in events:
         by_partition[message.partition].append(message)
     tables: list[pa.Table] = []
+    partitions: list[np.ndarray] = []
     counts: dict[int, int] = {}
     for partition, group in by_partition.items():
         decoded = decode_messages(group, schema, max_message_bytes, label_optional=True)
@@ -134,15 +137,17 @@ def decode_feedback(
         if decoded.table.num_rows:
             saw(partition, int(pc.max(decoded.table.column("ts")).as_py()))
             tables.append(decoded.table)
+            partitions.append(np.full(decoded.table.num_rows, partition, dtype=np.int32))
             counts.update(decoded.events_by_partition)
     if not tables:
         tables.append(decode_messages((), schema, max_message_bytes, label_optional=True).table)
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
+    event_partitions = np.concatenate(partitions) if partitions else np.zeros(0, dtype=np.int32)
     rejects.sort(key=lambda r: (r.partition, r.offset))
     click_table = pa.Table.from_pylist(
         [dict(zip(CLICK_SCHEMA.names, c)) for c in clicks], schema=CLICK_SCHEMA,
     ) if clicks else CLICK_SCHEMA.empty_table()
-    return FeedbackDecoded(table, click_table, rejects, max_ts, counts)
+    return FeedbackDecoded(table, event_partitions, click_table, rejects, max_ts, counts)
 
 
 def _click_detail(problem: str, message: RawMessage) -> Reject:

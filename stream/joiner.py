@@ -40,7 +40,7 @@ import heapq
 import json
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,7 +63,7 @@ COUNTERS = (
     "impressions", "labelled", "joined_clicks", "late_clicks", "late_clicks_dropped", "fnw_duplicates",
     "orphan_clicks", "duplicate_impressions", "duplicate_events", "duplicate_clicks", "emitted_early", "forgotten",
 )
-_STATE_COLUMNS = ("__ts", "__seq", "__clicked", "__late", "__emitted", "__duplicated", "__ordinal")
+_STATE_COLUMNS = ("__ts", "__seq", "__clicked", "__late", "__emitted", "__duplicated", "__ordinal", "__partition")
 _NO_TS = -(2**63)
 
 
@@ -71,8 +71,9 @@ _NO_TS = -(2**63)
 class _Entry:
     ts: int
     seq: int  # arrival order: ties and eviction are deterministic
-    row: int  # row in the held table (`_rows` chunk list, see `_Store`)
+    row: int  # ordinal of its row in the held rows (`_Rows`)
     scores: tuple[float, ...]
+    partition: int
     clicked: bool = False
     late: bool = False  # a click after the window, within the horizon
     emitted: bool = False
@@ -182,13 +183,15 @@ class FeedbackJoiner:
     # -- one batch ---------------------------------------------------------------------
     def add(
         self, events: pa.Table, scores: dict[str, np.ndarray], clicks: pa.Table, max_ts: dict[int, int],
-        now: float | None = None,
+        partitions: np.ndarray | None = None, now: float | None = None,
     ) -> Joined:
         """Take one batch (events with null labels are impressions), return what it releases.
 
         ``scores``: each model's prediction for every row of ``events``, made before any
         of this batch trained. ``max_ts``: the largest event time per partition in the
-        batch (`stream.feedback_wire.FeedbackDecoded.max_ts`).
+        batch, ``partitions``: each row's partition
+        (`stream.feedback_wire.FeedbackDecoded`); held impressions keep theirs, so a
+        restart with other partition shares (`from_states`) gives each its own.
         """
         now = time.monotonic() if now is None else now
         counts: Counter[str] = Counter()
@@ -201,7 +204,9 @@ class FeedbackJoiner:
         if len(labelled):
             out.add_rows(events.take(pa.array(labelled)), LABELLED, {m: scores[m][labelled] for m in self.models})
             counts["labelled"] += len(labelled)
-        self._hold(events, impressions, scores, counts, out)
+        if partitions is None:
+            partitions = np.zeros(events.num_rows, dtype=np.int32)
+        self._hold(events, impressions, scores, partitions, counts, out)
         rejects = self._join(clicks, counts, out)
         self._observe(max_ts, now)
         self._release(self.watermark(now), counts, out)
@@ -232,8 +237,8 @@ class FeedbackJoiner:
                     self._recent_set.discard(self._recent.popleft())
         return fresh
 
-    def _hold(self, events: pa.Table, rows: np.ndarray, scores: dict[str, np.ndarray], counts: Counter[str],
-              out: _Emission) -> None:
+    def _hold(self, events: pa.Table, rows: np.ndarray, scores: dict[str, np.ndarray], partitions: np.ndarray,
+              counts: Counter[str], out: _Emission) -> None:
         if not len(rows):
             return
         held = events.take(pa.array(rows))
@@ -241,8 +246,9 @@ class FeedbackJoiner:
         ts = held.column("ts").to_numpy()
         ids = held.column("event_id").to_pylist()
         per_model = [scores[m][rows].tolist() for m in self.models]
+        held_partitions = partitions[rows].tolist()
         for i, event_id in enumerate(ids):
-            entry = _Entry(int(ts[i]), self._seq, first + i, tuple(s[i] for s in per_model))
+            entry = _Entry(int(ts[i]), self._seq, first + i, tuple(s[i] for s in per_model), held_partitions[i])
             self._seq += 1
             self.entries[event_id] = entry
             self.pending += 1
@@ -362,6 +368,7 @@ class FeedbackJoiner:
             "__emitted": pa.array([e.emitted for _, e in items], pa.bool_()),
             "__duplicated": pa.array([e.duplicated for _, e in items], pa.bool_()),
             "__ordinal": pa.array(range(len(items)), pa.int64()),
+            "__partition": pa.array([e.partition for _, e in items], pa.int32()),
         }
         for i, model in enumerate(self.models):
             flags[f"__score_{model}"] = pa.array([e.scores[i] for _, e in items], pa.float64())
@@ -382,30 +389,54 @@ class FeedbackJoiner:
 
     @classmethod
     def from_state(cls, data: bytes, config: FeedbackConfig, schema: pa.Schema, models: Sequence[str]) -> FeedbackJoiner:
+        return cls.from_states([data], config, schema, models)
+
+    @classmethod
+    def from_states(
+        cls, states: Sequence[bytes], config: FeedbackConfig, schema: pa.Schema, models: Sequence[str],
+        partitions: Collection[int] | None = None,
+    ) -> FeedbackJoiner:
+        """One joiner from the states of one or more joiners (the ranks of a multi-worker job).
+
+        ``partitions``: keep only what belongs to these (a rank's share after a restart,
+        perhaps with another world size); None keeps everything. The duplicate windows are
+        merged, newest last, and cut to ``dedup_ids``.
+        """
         joiner = cls(config, schema, models)
-        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-        meta = json.loads(table.schema.metadata[b"inttower.joiner"])
-        missing = [m for m in joiner.models if f"__score_{m}" not in table.column_names]
-        if missing:
-            raise ValueError(f"the join state holds no arrival predictions of model(s) {', '.join(missing)}")
-        joiner._rows.append(table.select(schema.names).cast(schema))
-        columns = {name: table.column(name).to_pylist() for name in (*_STATE_COLUMNS, *[f"__score_{m}" for m in joiner.models])}
-        ids = table.column("event_id").to_pylist()
-        for i, event_id in enumerate(ids):
-            entry = _Entry(columns["__ts"][i], columns["__seq"][i], columns["__ordinal"][i],
-                           tuple(columns[f"__score_{m}"][i] for m in joiner.models),
-                           columns["__clicked"][i], columns["__late"][i], columns["__emitted"][i], columns["__duplicated"][i])
-            joiner.entries[event_id] = entry
-            joiner.pending += not entry.emitted
-        joiner._due = [(int(d), int(s), str(e)) for d, s, e in meta["due"]]
+        keep = None if partitions is None else set(partitions)
+        due: list[tuple[int, int, str]] = []
+        recent: list[int] = []
+        for data in states:
+            table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+            meta = json.loads(table.schema.metadata[b"inttower.joiner"])
+            missing = [m for m in joiner.models if f"__score_{m}" not in table.column_names]
+            if missing:
+                raise ValueError(f"the join state holds no arrival predictions of model(s) {', '.join(missing)}")
+            if keep is not None:
+                table = table.filter(pc.is_in(table.column("__partition"), pa.array(sorted(keep), pa.int32())))
+            first = joiner._rows.append(table.select(schema.names).cast(schema))
+            columns = {name: table.column(name).to_pylist()
+                       for name in (*_STATE_COLUMNS, *[f"__score_{m}" for m in joiner.models])}
+            for i, event_id in enumerate(table.column("event_id").to_pylist()):
+                entry = _Entry(columns["__ts"][i], columns["__seq"][i], first + i,
+                               tuple(columns[f"__score_{m}"][i] for m in joiner.models), columns["__partition"][i],
+                               columns["__clicked"][i], columns["__late"][i], columns["__emitted"][i],
+                               columns["__duplicated"][i])
+                joiner.entries[event_id] = entry
+                joiner.pending += not entry.emitted
+            due += [(int(d), int(s), str(e)) for d, s, e in meta["due"]]
+            joiner._seq = max(joiner._seq, int(meta["seq"]))
+            for p, ts in meta["partition_ts"].items():
+                if keep is None or int(p) in keep:
+                    joiner.partition_ts[int(p)] = max(int(ts), joiner.partition_ts.get(int(p), _NO_TS))
+            recent += [int(k) for k in meta["recent"]]
+            if keep is None:  # a rank's share starts its own counts
+                joiner.totals.update({str(k): int(v) for k, v in meta["totals"].items()})
+        joiner._due = [item for item in due if item[2] in joiner.entries and joiner.entries[item[2]].seq == item[1]]
         heapq.heapify(joiner._due)
-        joiner._seq = int(meta["seq"])
-        joiner.partition_ts = {int(p): int(ts) for p, ts in meta["partition_ts"].items()}
-        joiner._recent = deque(int(k) for k in meta["recent"])
-        while config.dedup_ids and len(joiner._recent) > config.dedup_ids:
-            joiner._recent.popleft()
+        limit = config.dedup_ids
+        joiner._recent = deque(recent[-limit:] if limit else [])
         joiner._recent_set = set(joiner._recent)
-        joiner.totals = Counter({str(k): int(v) for k, v in meta["totals"].items()})
         return joiner
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -159,4 +160,40 @@ late_click_policy = "{policy}"
     assert last.returncode == 0, out
     trained = Counter(TrainedEventLog.read(audit))
     assert trained == expected, (sum(trained.values()), total, list((trained - expected).items())[:5],
+                                 list((expected - trained).items())[:5])
+
+
+def test_two_ranks_under_torchrun_join_their_partitions_and_a_one_rank_restart_finishes_exactly_once(broker, tmp_path):
+    from tests.integration.test_distributed import TorchrunJob
+
+    _topics(broker)
+    table = _feedback_log(5000, seed=9)
+    replay_feedback(table, StreamConfig(bootstrap_servers=(broker.bootstrap,), topic=TOPIC), progress=False,
+                    end_watermark_ms=_end_watermark(table))
+    expected = _expected(table, fnw=True)
+    config = write_daemon_toml(
+        tmp_path / "c.toml", broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, sum(expected.values()), startup_timeout_s=5.0,
+        extra_daemon=f"""
+[feedback]
+mode = "joined"
+label_window_s = {WINDOW_S}
+click_horizon_s = {HORIZON_S}
+late_click_policy = "fnw"
+""",
+    )
+    audit = tmp_path / "trained.txt"
+    with TorchrunJob(config, 2, tmp_path / "first.log") as first:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while len(TrainedEventLog.read(audit)) < 2500:
+            assert first.process.poll() is None, first.output()[-3000:]
+            assert time.monotonic() < deadline, "job made no progress"
+            time.sleep(0.05)
+        os.kill(first.pids[1], signal.SIGKILL)  # torchrun tears the job down
+        first.wait(timeout=60)
+    with TorchrunJob(config, 1, tmp_path / "second.log") as second:
+        assert second.wait() == 0, second.output()[-3000:]
+        out = second.output()
+    assert "restored ckpt-" in out and "rank 0 of 1 reads partitions [0, 1, 2]" in out, out[-3000:]
+    trained = Counter(TrainedEventLog.read(audit))
+    assert trained == expected, (sum(trained.values()), list((trained - expected).items())[:5],
                                  list((expected - trained).items())[:5])

@@ -47,3 +47,12 @@ def test_history_below_the_bound_keeps_every_point() -> None:
 def test_max_points_below_two_is_refused() -> None:
     with pytest.raises(ValueError, match="max_points"):
         QualityClock(every_events=100, max_points=1)
+
+
+def test_a_step_without_measured_events_keeps_the_last_time() -> None:
+    """Joined feedback: a step of FNW duplicates alone has no event the quality counts."""
+    slots = [_Slot()]
+    clock = QualityClock(every_events=100, max_points=100)
+    clock.add(np.full(100, 5_000, dtype=np.int64), 100, slots)
+    clock.add(np.zeros(0, dtype=np.int64), 200, slots)
+    assert [(p["events"], p["event_ts_ms"]) for p in slots[0].history] == [(100, 5_000), (200, 5_000)]

@@ -60,7 +60,7 @@ class Driver:
         self.rejects += decoded.rejects
         ids = decoded.events.column("event_id").to_pylist()
         scores = {m: np.array([score_of(i, m) for i in ids]) for m in MODELS}
-        joined = self.joiner.add(decoded.events, scores, decoded.clicks, decoded.max_ts, now=now)
+        joined = self.joiner.add(decoded.events, scores, decoded.clicks, decoded.max_ts, decoded.event_partitions, now=now)
         self.out.append(joined)
         self.rejects += joined.rejects
         return joined
@@ -259,3 +259,26 @@ def test_labels_do_not_depend_on_batching_interleaving_or_restarts(policy: str) 
     assert any(label == 1 for _, label, role in emitted if role == JOINED)
     for order_seed, batch, checkpoints in ((1, 7, {3, 10}), (2, 64, {0}), (3, 1000, set()), (4, 13, set(range(0, 200, 5)))):
         assert outcome(order_seed, batch, checkpoints) == reference
+
+
+def test_a_state_splits_by_partition_for_a_restart_with_other_shares() -> None:
+    """One joiner's state, restored as two (one partition each, as two ranks would), ends as the one would have."""
+    cfg = config(late_click_policy="fnw", label_window_s=2.0, click_horizon_s=6.0, max_pending=10**6)
+    ordered = interleave(random_stream(seed=5), 0)
+    half = len(ordered) // 2
+    whole = Driver(cfg)
+    for start in range(0, len(ordered), 50):
+        whole.feed(ordered[start:start + 50])
+    first = Driver(cfg)
+    for start in range(0, half, 50):
+        first.feed(ordered[start:min(start + 50, half)])
+    state = first.joiner.state_bytes()
+    rest = ordered[half:]
+    outputs = first.emitted()
+    for partition in (0, 1):
+        rank = Driver(cfg, FeedbackJoiner.from_states([state], cfg, SCHEMA.arrow_schema(), MODELS, partitions=[partition]))
+        mine = [m for m in rest if m.partition == partition]
+        for start in range(0, len(mine), 30):
+            rank.feed(mine[start:start + 30])
+        outputs += rank.emitted()
+    assert sorted(outputs) == sorted(whole.emitted())
