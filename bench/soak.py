@@ -47,6 +47,8 @@ from scipy.stats import t as t_dist
 
 from stream.broker import EmbeddedBroker, create_topic
 from stream.config import StreamConfig
+from stream.delays import DelayConfig, add_click_times
+from stream.feedback_replay import replay_feedback
 from stream.replay import replay
 from stream.synthetic import SyntheticLogConfig, iter_synthetic_log
 
@@ -105,6 +107,16 @@ class SoakSettings:
     daemon_env: tuple[str, ...] = ()  # KEY=VALUE for the daemon's environment (MALLOC_ARENA_MAX=2, LD_PRELOAD=...)
     daemon_settings: tuple[str, ...] = ()  # extra TOML lines for the daemon's [daemon] table
     plot: bool = True
+    # Joined feedback: impressions and later clicks (JSON) instead of labelled events, a
+    # label window longer than the run, so the join state fills to max_pending and stays there.
+    feedback: bool = False
+    feedback_window_s: float = 86_400.0
+    max_pending: int = 200_000
+
+    @property
+    def trained_target(self) -> int:
+        """Events the daemon trains: all of them; joined, all but the max_pending still held at the end."""
+        return self.events - self.max_pending if self.feedback else self.events
 
 
 @dataclass
@@ -292,7 +304,13 @@ handoff_timeout_s = 10.0
 [monitoring]
 enabled = true
 port = 0
-"""
+""" + (f"""
+[feedback]
+mode = "joined"
+label_window_s = {settings.feedback_window_s}
+click_horizon_s = {settings.feedback_window_s}
+max_pending = {settings.max_pending}
+""" if settings.feedback else "")
 
 
 def synthetic_config(settings: SoakSettings) -> SyntheticLogConfig:
@@ -326,7 +344,12 @@ class Producer:
                         return
                 if self._stop.is_set():
                     return
-                replay(chunk, self._stream, fmt="arrow", arrow_batch_events=self._settings.batch_events, progress=False)
+                if self._settings.feedback:
+                    chunk = add_click_times(chunk, DelayConfig(seed=self._settings.seed + self.produced))
+                    replay_feedback(chunk, self._stream, progress=False)
+                else:
+                    replay(chunk, self._stream, fmt="arrow", arrow_batch_events=self._settings.batch_events,
+                           progress=False)
                 self.produced += chunk.num_rows
         except Exception as exc:  # noqa: BLE001 - reported by the main loop, which stops the run
             self.error = exc
@@ -442,7 +465,7 @@ def run_soak(settings: SoakSettings) -> SoakResult:
             last_events, last_move = -1, time.monotonic()
             while True:
                 now = time.monotonic()
-                finished = log.events >= settings.events
+                finished = log.events >= settings.trained_target
                 if now >= next_sample or finished:
                     sample = Sample(round(now - started, 1), log.events, producer.produced, log.lag,
                                     read_rss_mib(process.pid), read_rss_mib(broker.pid), log.index_version, log.index_items)
@@ -476,7 +499,7 @@ def run_soak(settings: SoakSettings) -> SoakResult:
     seconds = time.monotonic() - started
     assert log is not None
     trained = log.stopped_after if log.stopped_after is not None else log.events
-    fit = fit_growth(samples, settings.events, settings.warmup_fraction, settings.flat_mib_per_m)
+    fit = fit_growth(samples, settings.trained_target, settings.warmup_fraction, settings.flat_mib_per_m)
     result = SoakResult(settings, samples, fit, trained, seconds, log.checkpoints, daemon_exit, workdir_bytes,
                         log.memory, log.sizes, log.traced_growth)
     _report(result)
@@ -645,6 +668,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--daemon-setting", dest="daemon_settings", action="append", default=[], metavar="TOML",
                         help="a line added to the daemon's [daemon] table (repeatable), e.g. 'malloc_arena_max = 2'")
     parser.add_argument("--no-plot", dest="plot", action="store_false")
+    parser.add_argument("--feedback", action="store_true",
+                        help="joined feedback: impressions and later clicks (JSON); the join state fills to --max-pending")
+    parser.add_argument("--feedback-window-s", type=float, default=defaults.feedback_window_s,
+                        help="[feedback] label_window_s (longer than the run: impressions leave only by max_pending)")
+    parser.add_argument("--max-pending", type=int, default=defaults.max_pending, help="[feedback] max_pending")
     args = parser.parse_args(argv)
     preset_events, preset_sample_s = PRESETS[args.preset] if args.preset else (defaults.events, defaults.sample_s)
     args.events = args.events if args.events is not None else preset_events

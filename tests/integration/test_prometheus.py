@@ -22,6 +22,9 @@ from model.config import ModelConfig, TrainConfig
 from monitoring.config import MonitoringConfig
 from stream.broker import create_topic, free_port
 from stream.codec import JSON_HEADERS
+from stream.config import FeedbackConfig
+from stream.delays import DelayConfig, add_click_times
+from stream.feedback_replay import replay_feedback
 from stream.replay import replay
 from serving.app import ServingService
 from serving.config import ServingConfig
@@ -107,6 +110,8 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_live_run(broker, st
     app = AppConfig(
         model=ModelConfig(hidden=(32, 32, 16), embedding_dim=8, heads=2, head_dim=8), train=TrainConfig(threads=1),
         stream=stream, monitoring=MonitoringConfig(port=metrics_port, auc_windows=(200, 2000)),
+        # Joined feedback: labelled events pass straight through, impressions wait for their clicks.
+        feedback=FeedbackConfig(mode="joined", label_window_s=30.0),
         daemon=DaemonConfig(checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_every_s=1.0, status_every_s=2.0),
         index=IndexSyncConfig(enabled=True, sync_interval_s=0.5, full_refresh_interval_s=3.0,
                               index_dir=str(tmp_path / "index")),
@@ -127,6 +132,9 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_live_run(broker, st
             bad.send("clicks", value=b'{"event_id": "broken-%d"' % i, headers=list(JSON_HEADERS))
         bad.flush()
         bad.close()
+        impressions = add_click_times(generate_synthetic_log(SyntheticLogConfig(events=3000, seed=22)),
+                                      DelayConfig("exponential", mean_s=20.0))
+        replay_feedback(impressions, stream, progress=False)
         replay(table, stream, rate=3000.0, fmt="arrow", arrow_batch_events=256, progress=False)
 
     producer = threading.Thread(target=produce)
@@ -151,6 +159,10 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_live_run(broker, st
         assert p99 and 0 < p99[0] < 2.5, p99
         dead = _values(_query(prometheus_port, "sum(inttower_events_dead_lettered_total)"))
         assert dead == [20.0], dead
+        joined = _values(_query(prometheus_port, 'sum(inttower_feedback_clicks_total{outcome="joined"})'))
+        assert joined and joined[0] > 0, joined
+        late = _values(_query(prometheus_port, 'sum(inttower_feedback_clicks_total{outcome="late"})'))
+        assert late and late[0] > 0, late  # exponential delays, mean 20 s, past a 30 s window
         served = _values(_query(prometheus_port, 'sum(inttower_serving_requests_total{code="200"})'))
         assert served and served[0] > 0, served
         assert _values(_query(prometheus_port, "inttower_serving_index_version")) >= [1.0]

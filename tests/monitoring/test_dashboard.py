@@ -48,7 +48,8 @@ def test_dashboard_shape(dashboard: dict) -> None:
     ids = [panel["id"] for panel in iter_panels(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     rows = [panel["title"] for panel in iter_panels(dashboard) if panel["type"] == "row"]
-    assert rows == ["Model quality", "Throughput and latency", "Kafka lag", "Index freshness", "Errors", "Memory", "Serving"]
+    assert rows == ["Model quality", "Throughput and latency", "Kafka lag", "Index freshness", "Errors", "Memory", "Serving",
+                    "Delayed feedback"]
 
 
 def test_panels_do_not_overlap(dashboard: dict) -> None:
