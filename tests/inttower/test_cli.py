@@ -95,6 +95,20 @@ def test_synthetic_command_writes_a_valid_click_log(tmp_path):
     assert table.column("event_id")[0].as_py().startswith("syn-3-")
 
 
+def test_synthetic_delays_write_a_feedback_log_that_replay_refuses_as_arrow(tmp_path):
+    out = tmp_path / "fb.parquet"
+    result = _run("data", "synthetic", str(out), "--events", "3000", "--delays")
+    assert result.returncode == 0, result.stderr
+    assert "click delays p50" in result.stdout
+    table = read_click_log(out)
+    clicked = table.column("click_ts").is_valid().to_pylist()
+    assert clicked == [label == 1 for label in table.column("label").to_pylist()]
+    delays = [c - t for c, t, k in zip(table.column("click_ts").to_pylist(), table.column("ts").to_pylist(), clicked) if k]
+    assert min(delays) >= 0 and max(delays) > 10 * 300_000  # heavy-tailed: some far beyond the median
+    replayed = _run("replay", str(out), "--topic", "clicks", "--format", "arrow", "--bootstrap", "127.0.0.1:1")
+    _assert_one_line_user_error(replayed, "feedback log", "JSON")
+
+
 def test_movielens_command_imports_ml100k(tmp_path, ml100k_dir):
     out = tmp_path / "ml.parquet"
     result = _run("data", "movielens", str(ml100k_dir), str(out))
