@@ -56,6 +56,7 @@ from monitoring.memory import TracedGrowth, read_memory, tune_malloc
 from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
+from stream.dedup import RecentIds
 from stream.joiner import FNW_DUPLICATE, LABELLED, FeedbackJoiner, Joined
 from stream.topics import TopicNotFoundError
 
@@ -64,6 +65,7 @@ POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/
 BUSY_POLL_S = 0.02  # multi-worker, while the job has events: a rank without a batch must not hold the others
 TELEMETRY_EVERY_S = 1.0  # lag and index gauges: about one Prometheus scrape interval
 FEEDBACK_PART = "feedback-{rank}"  # checkpoint parts: each rank's impression/click join state
+DEDUP_PART = "dedup-{rank}"  # labelled events: each rank's window of recent event ids
 
 
 @dataclass
@@ -130,6 +132,9 @@ class TrainingDaemon:
         self.joiner = self._joiner() if config.feedback.joined else None
         self._joined: Joined | None = None  # the current iteration's join output (joined feedback only)
         self._join_states: list[bytes] = []  # restored, until this rank knows its partitions
+        # Labelled events: a producer's retry is trained once (joined feedback: the joiner does it).
+        self.recent_ids = RecentIds(config.feedback.dedup_ids) if self.joiner is None else None
+        self._unrecorded_keys: list[int] = []  # this iteration's fresh ids, remembered once it trains
         digests = config.daemon.parameter_digest_dir
         self.digests = ParameterDigestLog(digests, self.coordinator.rank) if digests else None
         self.offsets: dict[int, int] = {}  # next offset of each partition this rank reads
@@ -216,6 +221,10 @@ class TrainingDaemon:
             slot.logloss.load_state_dict(meta["metrics"][slot.name]["logloss"])
         if self.index_sync is not None:
             self.index_sync.restore({p: checkpoint.read(p) for p in INDEX_CHECKPOINT_PARTS if checkpoint.has(p)})
+        if self.recent_ids is not None:
+            ranks = int(meta.get("dedup_ranks", 0))
+            self.recent_ids = RecentIds.from_states(self.config.feedback.dedup_ids,
+                                                    [checkpoint.read(DEDUP_PART.format(rank=r)) for r in range(ranks)])
         if self.joiner is not None:
             ranks = int(meta.get("feedback_ranks", 0))
             if not ranks and meta["events"]:
@@ -254,7 +263,8 @@ class TrainingDaemon:
         """Every rank calls it at the same iteration; rank 0 writes every rank's offsets."""
         started = time.perf_counter()
         join_state = self.joiner.state_bytes() if self.joiner is not None else None
-        shares = self.coordinator.gather((dict(self.offsets), dict(self.dead_lettered), join_state))
+        recent = self.recent_ids.state_bytes() if self.recent_ids is not None else None
+        shares = self.coordinator.gather((dict(self.offsets), dict(self.dead_lettered), join_state, recent))
         self._events_at_checkpoint = self.events
         self._last_checkpoint = time.monotonic()
         if shares is None:
@@ -266,8 +276,11 @@ class TrainingDaemon:
             parts[slot.part] = serialize_state(slot.trainer.state_dict())
         if self.index_sync is not None:
             parts.update(self.index_sync.checkpoint_parts())
-        for rank, share in enumerate(shares if self.joiner is not None else ()):
-            parts[FEEDBACK_PART.format(rank=rank)] = share[2]
+        for rank, share in enumerate(shares):
+            if share[2] is not None:
+                parts[FEEDBACK_PART.format(rank=rank)] = share[2]
+            if share[3] is not None:
+                parts[DEDUP_PART.format(rank=rank)] = share[3]
         if self.audit is not None:
             self.audit.sync()
         metadata = {
@@ -278,6 +291,7 @@ class TrainingDaemon:
             "dead_lettered": dict(self._job_dead_lettered),
             "audit_position": self.audit.position() if self.audit is not None else 0,
             "feedback_ranks": len(shares) if self.joiner is not None else 0,
+            "dedup_ranks": len(shares) if self.recent_ids is not None else 0,
             "metrics": {s.name: {"auc": s.auc.state_dict(), "logloss": s.logloss.state_dict()} for s in self.slots},
         }
         written = self.store.save(parts, metadata)
@@ -330,6 +344,8 @@ class TrainingDaemon:
                 stopping = self.stop.is_set() or self._should_stop()
                 wait = BUSY_POLL_S if busy and self.coordinator.world_size > 1 else POLL_TIMEOUT_S
                 batch = None if stopping else consumer.next_batch(timeout_s=wait)
+                if batch is not None and self.recent_ids is not None:
+                    batch = self._without_duplicates(batch)
                 rejects = len(batch.rejects) if batch is not None else 0
                 agreement = self.coordinator.agree(Vote(batch.events if batch is not None else 0, stopping,
                                                         self._checkpoint_timer_fired(), self._lag, rejects))
@@ -407,8 +423,23 @@ class TrainingDaemon:
             return batch, replace(agreement, rows=(released,))
         return batch, replace(agreement, rows=self.coordinator.agree(Vote(released)).rows)
 
+    def _without_duplicates(self, batch: Batch) -> Batch:
+        """Labelled events: drop ids seen within the window (remembered only once the batch trains, `_process`)."""
+        keys = RecentIds.keys(batch.table.column("event_id"))
+        fresh = self.recent_ids.fresh(keys)
+        if fresh.all():
+            self._unrecorded_keys = keys
+            return batch
+        self._unrecorded_keys = [k for k, f in zip(keys, fresh) if f]
+        if self.telemetry is not None:
+            self.telemetry.metrics.events_duplicates.inc(int((~fresh).sum()))
+        return replace(batch, table=batch.table.filter(pa.array(fresh)))
+
     def _process(self, batch: Batch | None, agreement: Agreement, dead_letters: DeadLetterWriter) -> None:
         self._joined = None
+        if self.recent_ids is not None and batch is not None:
+            self.recent_ids.record(self._unrecorded_keys)
+            self._unrecorded_keys = []
         if self.joiner is not None:
             batch, agreement = self._join(batch, agreement)
         rows = batch.events if batch is not None else 0
@@ -536,6 +567,8 @@ class TrainingDaemon:
             sizes.update(self.index_sync.bounded_sizes())
         if self.joiner is not None:
             sizes.update(self.joiner.bounded_sizes())
+        if self.recent_ids is not None:
+            sizes["recent event ids"] = len(self.recent_ids)
         return sizes
 
     def _memory_report(self) -> None:

@@ -179,6 +179,9 @@ class Telemetry:
                              ("fnw_duplicate", "fnw_duplicates")):
             if counts[key]:
                 m.feedback_impressions.labels(outcome).inc(counts[key])
+        duplicates = counts["duplicate_impressions"] + counts["duplicate_events"]
+        if duplicates:
+            m.events_duplicates.inc(duplicates)
         for delay in joined.label_delays_s:
             m.feedback_label_delay.observe(delay)
         m.feedback_pending.set(joiner.pending)

@@ -44,6 +44,9 @@ class TrainerMetrics:
         self.events_dead_lettered = Counter("inttower_events_dead_lettered_total",
                                             "Messages or rows rejected and written to the dead-letter topic.",
                                             ["reason"], registry=r)
+        self.events_duplicates = Counter("inttower_events_duplicates_total",
+                                         "Events whose event_id was seen within the last [feedback] dedup_ids ids "
+                                         "(a producer's retry): dropped, never trained.", registry=r)
         self.consumer_lag = Gauge("inttower_consumer_lag_messages", "Highwater minus next offset to train, by partition.",
                                   ["partition"], registry=r)
         # -- training

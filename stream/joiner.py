@@ -39,7 +39,7 @@ from __future__ import annotations
 import heapq
 import json
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stream.config import FeedbackConfig
-from stream.ids import to_index_ids
+from stream.dedup import RecentIds
 from stream.wire import Reject
 
 #: Roles of emitted rows (the trainer weights by them, the quality counts all but duplicates).
@@ -158,8 +158,7 @@ class FeedbackJoiner:
         self._seq = 0
         self.partition_ts: dict[int, int] = {}
         self._partition_seen: dict[int, float] = {}  # wall time of each partition's last message
-        self._recent: deque[int] = deque()
-        self._recent_set: set[int] = set()
+        self.recent = RecentIds(config.dedup_ids)
         self.pending = 0  # entries not emitted yet
         self._released = 0  # rows of forgotten entries, released at the end of the batch
         self.totals: Counter[str] = Counter()
@@ -221,20 +220,16 @@ class FeedbackJoiner:
         fresh = np.ones(n, dtype=bool)
         if n == 0:
             return fresh
-        ids = events.column("event_id").to_pylist()
-        keys = to_index_ids(events.column("event_id"))
-        labels = events.column("label").is_null().to_numpy(zero_copy_only=False)
-        limit = self.config.dedup_ids
-        for i, (event_id, key) in enumerate(zip(ids, keys.tolist())):
-            if key in self._recent_set or event_id in self.entries:
+        keys = RecentIds.keys(events.column("event_id"))
+        fresh = self.recent.fresh(keys)
+        held = self.entries
+        for i, event_id in enumerate(events.column("event_id").to_pylist()):
+            if fresh[i] and event_id in held:  # held beyond the duplicate window
                 fresh[i] = False
-                counts["duplicate_impressions" if labels[i] else "duplicate_events"] += 1
-                continue
-            if limit:
-                self._recent.append(key)
-                self._recent_set.add(key)
-                if len(self._recent) > limit:
-                    self._recent_set.discard(self._recent.popleft())
+        self.recent.record([k for k, f in zip(keys, fresh) if f])
+        impression = events.column("label").is_null().to_numpy(zero_copy_only=False)
+        counts["duplicate_impressions"] += int((~fresh & impression).sum())
+        counts["duplicate_events"] += int((~fresh & ~impression).sum())
         return fresh
 
     def _hold(self, events: pa.Table, rows: np.ndarray, scores: dict[str, np.ndarray], partitions: np.ndarray,
@@ -266,7 +261,7 @@ class FeedbackJoiner:
             entry = self.entries.get(event_id)
             reason = None
             if entry is None:
-                if int(to_index_ids([event_id])[0]) not in self._recent_set:
+                if RecentIds.keys([event_id])[0] not in self.recent:
                     reason = UNKNOWN_IMPRESSION
                 elif self.fnw:  # fnw holds an impression until its horizon: this one is past it (or was forgotten)
                     reason = EXPIRED_IMPRESSION
@@ -354,7 +349,7 @@ class FeedbackJoiner:
     # -- sizes and state ---------------------------------------------------------------
     def bounded_sizes(self) -> dict[str, int]:
         return {"joiner held impressions": len(self.entries), "joiner pending impressions": self.pending,
-                "joiner duplicate-window ids": len(self._recent)}
+                "joiner duplicate-window ids": len(self.recent)}
 
     def state_bytes(self) -> bytes:
         """The whole join state as one Arrow IPC stream (rows + flags; the rest in the schema metadata)."""
@@ -377,7 +372,7 @@ class FeedbackJoiner:
         meta = {
             "seq": self._seq,
             "partition_ts": {str(p): ts for p, ts in self.partition_ts.items()},
-            "recent": list(self._recent),
+            "recent": self.recent.state(),
             "totals": dict(self.totals),
             "due": [[d, s, e] for d, s, e in self._due if e in self.entries and self.entries[e].seq == s],
         }
@@ -434,9 +429,7 @@ class FeedbackJoiner:
                 joiner.totals.update({str(k): int(v) for k, v in meta["totals"].items()})
         joiner._due = [item for item in due if item[2] in joiner.entries and joiner.entries[item[2]].seq == item[1]]
         heapq.heapify(joiner._due)
-        limit = config.dedup_ids
-        joiner._recent = deque(recent[-limit:] if limit else [])
-        joiner._recent_set = set(joiner._recent)
+        joiner.recent = RecentIds(config.dedup_ids, recent[-config.dedup_ids:] if config.dedup_ids else ())
         return joiner
 
 

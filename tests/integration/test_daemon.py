@@ -80,6 +80,22 @@ def test_json_and_arrow_streams_train_every_event_once(broker, stream_config, tm
     assert summary.checkpoints >= 1 and sum(summary.dead_lettered.values()) == 0
 
 
+def test_an_event_sent_twice_is_trained_once(broker, stream_config, tmp_path):
+    """A producer's retry: the same event id again, soon after (labelled events, the default mode)."""
+    _topics(broker)
+    table = generate_synthetic_log(SyntheticLogConfig(events=3000, seed=5))
+    retried = table.take(sorted(random.Random(5).sample(range(3000), 200)))
+    stream = stream_config(broker, topic=TOPIC, dead_letter_topic=DEAD_LETTERS, max_batch_events=256)
+    replay(table, stream, fmt="json", progress=False)
+    replay(retried, stream, fmt="arrow", arrow_batch_events=64, progress=False)  # the same ids, in another format
+    stop = threading.Event()
+    daemon = TrainingDaemon(_app(stream, tmp_path, stop_when_idle_s=5.0), stop)
+    summary = daemon.run()
+    assert summary.events == 3000
+    assert Counter(TrainedEventLog.read(tmp_path / "trained.txt")) == _produced_ids(table)
+    assert daemon.telemetry.metrics.events_duplicates._value.get() == 200
+
+
 def _bad_messages(good_rows: list[dict], max_bytes: int) -> list[tuple[str, bytes, list]]:
     """One recipe per reject reason, cycled to 1,000 messages."""
     def event(i: int, **changes) -> dict:
