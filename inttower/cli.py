@@ -145,7 +145,8 @@ def _cmd_replay(args: argparse.Namespace) -> None:
             except ValueError as exc:
                 raise UserError(f"--end-watermark: {exc}") from None
         summary = replay_feedback(table, config, rate=args.rate, speedup=args.speedup, progress=True,
-                                  stamp_event_times=args.stamp_event_times, end_watermark_ms=end)
+                                  stamp_event_times=args.stamp_event_times, end_watermark_ms=end,
+                                  clicks_topic=args.clicks_topic)
         print(f"replayed {summary.events} impressions and their clicks in {summary.messages} messages, "
               f"{summary.seconds:.1f} s")
         return
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="feedback logs: the watermark sent to every partition at the end (epoch ms or ISO-8601; "
                      "default: the log's last event time); a time past the last impression's window labels every "
                      "impression, but no later traffic may then be older")
+    rep.add_argument("--clicks-topic", help="feedback logs: send the clicks to this topic (the impressions go to --topic)")
     rep.add_argument("--config", help="TOML config ([stream] security settings)")
     rep.set_defaults(run=_cmd_replay)
 

@@ -42,6 +42,7 @@ from inttower.distributed import (
     stand_in_batch,
 )
 from inttower.errors import UserError
+from inttower.feedback import JoinedFeedback
 from inttower.history import QualityClock
 from inttower.telemetry import Telemetry
 from model.audit import TrainedEventLog
@@ -57,14 +58,12 @@ from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
 from stream.dedup import RecentIds
-from stream.joiner import FNW_DUPLICATE, LABELLED, FeedbackJoiner, Joined
 from stream.topics import TopicNotFoundError
 
 log = logging.getLogger("inttower.daemon")
 POLL_TIMEOUT_S = 0.5  # longest the loop waits for a batch before checking stop/timers
 BUSY_POLL_S = 0.02  # multi-worker, while the job has events: a rank without a batch must not hold the others
 TELEMETRY_EVERY_S = 1.0  # lag and index gauges: about one Prometheus scrape interval
-FEEDBACK_PART = "feedback-{rank}"  # checkpoint parts: each rank's impression/click join state
 DEDUP_PART = "dedup-{rank}"  # labelled events: each rank's window of recent event ids
 
 
@@ -129,11 +128,10 @@ class TrainingDaemon:
         self.index_sync = self._index_sync() if config.index.enabled and self.primary else None
         self.telemetry = self._telemetry() if config.monitoring.enabled else None
         self.audit = TrainedEventLog(config.daemon.audit_log) if config.daemon.audit_log and self.primary else None
-        self.joiner = self._joiner() if config.feedback.joined else None
-        self._joined: Joined | None = None  # the current iteration's join output (joined feedback only)
-        self._join_states: list[bytes] = []  # restored, until this rank knows its partitions
+        models = [s.name for s in self.slots]
+        self.feedback = JoinedFeedback(config, self.schema, models) if config.feedback.joined else None
         # Labelled events: a producer's retry is trained once (joined feedback: the joiner does it).
-        self.recent_ids = RecentIds(config.feedback.dedup_ids) if self.joiner is None else None
+        self.recent_ids = RecentIds(config.feedback.dedup_ids) if self.feedback is None else None
         self._unrecorded_keys: list[int] = []  # this iteration's fresh ids, remembered once it trains
         digests = config.daemon.parameter_digest_dir
         self.digests = ParameterDigestLog(digests, self.coordinator.rank) if digests else None
@@ -168,17 +166,6 @@ class TrainingDaemon:
         model = build_model(replace(self.config.model, kind=name, cs3=cs3)).to(self.device)
         window = self.config.daemon.metric_window
         return ModelSlot(name, OnlineTrainer(model, self.config.train, self.config.online), RollingAUC(window), RollingLogLoss(window))
-
-    def _joiner(self, states: Sequence[bytes] = (), partitions: Sequence[int] | None = None) -> FeedbackJoiner:
-        """This rank's joiner: fresh, or the checkpointed states' share of ``partitions`` (None: all)."""
-        models = [s.name for s in self.slots]
-        if not states:
-            return FeedbackJoiner(self.config.feedback, self.schema.arrow_schema(), models)
-        try:
-            return FeedbackJoiner.from_states(states, self.config.feedback, self.schema.arrow_schema(), models, partitions)
-        except (ValueError, KeyError, pa.ArrowException) as exc:
-            raise UserError(f"{self._restored_name}: its join state does not fit this config ({exc}); "
-                            "use another daemon.checkpoint_dir") from None
 
     def _telemetry(self) -> Telemetry:
         """Rank 0 exports everything; other ranks their own stream metrics (see `Telemetry`)."""
@@ -225,13 +212,8 @@ class TrainingDaemon:
             ranks = int(meta.get("dedup_ranks", 0))
             self.recent_ids = RecentIds.from_states(self.config.feedback.dedup_ids,
                                                     [checkpoint.read(DEDUP_PART.format(rank=r)) for r in range(ranks)])
-        if self.joiner is not None:
-            ranks = int(meta.get("feedback_ranks", 0))
-            if not ranks and meta["events"]:
-                raise UserError(f"{checkpoint.path}: written by a daemon with labelled feedback; joined feedback needs "
-                                "its own daemon.checkpoint_dir")
-            # Taken apart by partition once this rank knows its share (`run`).
-            self._join_states = [checkpoint.read(FEEDBACK_PART.format(rank=r)) for r in range(ranks)]
+        if self.feedback is not None:  # taken apart by partition once this rank knows its share (`run`)
+            self.feedback.restore(str(checkpoint.path), meta, checkpoint.read)
         self.offsets = {int(p): int(o) for p, o in meta["offsets"].items()}
         self._restored_offsets = dict(self.offsets)
         self.events = int(meta["events"])
@@ -262,7 +244,7 @@ class TrainingDaemon:
     def checkpoint(self) -> None:
         """Every rank calls it at the same iteration; rank 0 writes every rank's offsets."""
         started = time.perf_counter()
-        join_state = self.joiner.state_bytes() if self.joiner is not None else None
+        join_state = self.feedback.share() if self.feedback is not None else None
         recent = self.recent_ids.state_bytes() if self.recent_ids is not None else None
         shares = self.coordinator.gather((dict(self.offsets), dict(self.dead_lettered), join_state, recent))
         self._events_at_checkpoint = self.events
@@ -277,10 +259,12 @@ class TrainingDaemon:
         if self.index_sync is not None:
             parts.update(self.index_sync.checkpoint_parts())
         for rank, share in enumerate(shares):
-            if share[2] is not None:
-                parts[FEEDBACK_PART.format(rank=rank)] = share[2]
             if share[3] is not None:
                 parts[DEDUP_PART.format(rank=rank)] = share[3]
+        feedback_meta = {}
+        if self.feedback is not None:
+            feedback_parts, feedback_meta = self.feedback.checkpoint([share[2] for share in shares])
+            parts.update(feedback_parts)
         if self.audit is not None:
             self.audit.sync()
         metadata = {
@@ -290,9 +274,9 @@ class TrainingDaemon:
             "events": self.events,
             "dead_lettered": dict(self._job_dead_lettered),
             "audit_position": self.audit.position() if self.audit is not None else 0,
-            "feedback_ranks": len(shares) if self.joiner is not None else 0,
             "dedup_ranks": len(shares) if self.recent_ids is not None else 0,
             "metrics": {s.name: {"auc": s.auc.state_dict(), "logloss": s.logloss.state_dict()} for s in self.slots},
+            **feedback_meta,
         }
         written = self.store.save(parts, metadata)
         if self.telemetry is not None:
@@ -319,14 +303,15 @@ class TrainingDaemon:
             stream = replace(stream, start_at=self.init_watermark_ms + 1)
             log.info("warm start: partitions without a position start after the fit's watermark (set [stream] start_at "
                      "to override; 0 reads every event)")
+        if self.feedback is not None:
+            partitions = self.feedback.partitions(partitions)
         if partitions is not None:
             stream = replace(stream, assignment="static")
             self.offsets = {p: o for p, o in self.offsets.items() if p in partitions}
-        if self.joiner is not None and self._join_states:
-            self.joiner = self._joiner(self._join_states, partitions)
-            self._join_states = []
+        if self.feedback is not None:
+            self.feedback.start(partitions)
         consumer = ClickStreamConsumer(stream, self.schema, start_offsets=dict(self.offsets), partitions=partitions,
-                                       joined=self.joiner is not None)
+                                       joined=self.feedback is not None)
         dead_letters = DeadLetterWriter(self.config.stream)
         self._last_event = time.monotonic()
         if self.telemetry is not None:
@@ -346,6 +331,7 @@ class TrainingDaemon:
                 batch = None if stopping else consumer.next_batch(timeout_s=wait)
                 if batch is not None and self.recent_ids is not None:
                     batch = self._without_duplicates(batch)
+                clicks = self.feedback.next_clicks() if self.feedback is not None and not stopping else None
                 rejects = len(batch.rejects) if batch is not None else 0
                 agreement = self.coordinator.agree(Vote(batch.events if batch is not None else 0, stopping,
                                                         self._checkpoint_timer_fired(), self._lag, rejects))
@@ -353,7 +339,7 @@ class TrainingDaemon:
                     agreed_stop = True
                     break
                 between_iterations = False  # the model may learn a batch its offsets do not yet cover
-                self._process(batch, agreement, dead_letters)
+                self._process(batch, agreement, dead_letters, clicks)
                 between_iterations = True
                 self._timers(consumer, agreement)
                 busy = agreement.total_rows > 0
@@ -370,6 +356,8 @@ class TrainingDaemon:
                             "a restart resumes from the last one", self.coordinator.rank)
             consumer.commit(dict(self.offsets))
             consumer.close()
+            if self.feedback is not None:
+                self.feedback.close()
             dead_letters.close()
             if self.audit is not None:
                 self.audit.close()
@@ -400,28 +388,30 @@ class TrainingDaemon:
         if verdict is not None:
             raise UserError(verdict)
 
-    def _join(self, batch: Batch | None, agreement: Agreement) -> tuple[Batch | None, Agreement]:
-        """Joined feedback: score the batch's events as they arrive, join, and train on what the joiner releases.
+    def _join(self, batch: Batch | None, clicks: Batch | None, agreement: Agreement,
+              dead_letters: DeadLetterWriter) -> tuple[Batch | None, Agreement]:
+        """Joined feedback: train on what the joiner releases (`inttower.feedback`).
 
         Every rank calls it every iteration: what the ranks release differs from what they
         read, so a second all-reduce agrees on the step's rows.
         """
-        released = 0
-        if batch is not None:
-            events = batch.table
-            scores = {slot.name: np.zeros(0) for slot in self.slots}
-            if events.num_rows:
-                features = self.encoder.encode(events)
-                scores = {slot.name: slot.trainer.predict(features).cpu().numpy().astype(np.float64) for slot in self.slots}
-            joined = self.joiner.add(events, scores, batch.clicks, batch.max_ts, batch.event_partitions)
-            self._joined = joined
+        batch, click_rejects = self.feedback.join(batch, clicks, self._arrival_scores)
+        if click_rejects:
+            dead_letters.write(click_rejects, self.config.feedback.clicks_topic)
+            self.dead_lettered.update(r.reason for r in click_rejects)
             if self.telemetry is not None:
-                self.telemetry.on_join(joined, self.joiner)
-            batch = replace(batch, table=joined.table, rejects=[*batch.rejects, *joined.rejects])
-            released = joined.table.num_rows
+                self.telemetry.on_rejects(click_rejects)
+        if self.feedback.current is not None and self.telemetry is not None:
+            self.telemetry.on_join(self.feedback.current, self.feedback.joiner)
+        released = batch.events if batch is not None else 0
         if self.coordinator.world_size == 1:
             return batch, replace(agreement, rows=(released,))
         return batch, replace(agreement, rows=self.coordinator.agree(Vote(released)).rows)
+
+    def _arrival_scores(self, events: pa.Table) -> dict[str, np.ndarray]:
+        """Every model's prediction for events as they arrive (what serving would return now)."""
+        features = self.encoder.encode(events)
+        return {slot.name: slot.trainer.predict(features).cpu().numpy().astype(np.float64) for slot in self.slots}
 
     def _without_duplicates(self, batch: Batch) -> Batch:
         """Labelled events: drop ids seen within the window (remembered only once the batch trains, `_process`)."""
@@ -435,13 +425,13 @@ class TrainingDaemon:
             self.telemetry.metrics.events_duplicates.inc(int((~fresh).sum()))
         return replace(batch, table=batch.table.filter(pa.array(fresh)))
 
-    def _process(self, batch: Batch | None, agreement: Agreement, dead_letters: DeadLetterWriter) -> None:
-        self._joined = None
+    def _process(self, batch: Batch | None, agreement: Agreement, dead_letters: DeadLetterWriter,
+                 clicks: Batch | None = None) -> None:
         if self.recent_ids is not None and batch is not None:
             self.recent_ids.record(self._unrecorded_keys)
             self._unrecorded_keys = []
-        if self.joiner is not None:
-            batch, agreement = self._join(batch, agreement)
+        if self.feedback is not None:
+            batch, agreement = self._join(batch, clicks, agreement, dead_letters)
         rows = batch.events if batch is not None else 0
         if batch is not None:
             self._first_batch_at = self._first_batch_at or time.monotonic()
@@ -453,9 +443,7 @@ class TrainingDaemon:
             # A rank without events still steps (weight 0): DDP's all-reduce needs every rank.
             features = self.encoder.encode(batch.table) if rows else self._stand_in
             weight = agreement.loss_weight(self.coordinator.rank)
-            fnw = None
-            if rows and self._joined is not None and self.config.feedback.late_click_policy == "fnw":
-                fnw = self._joined.roles != LABELLED
+            fnw = self.feedback.fnw_rows() if rows and self.feedback is not None else None
             for slot in self.slots:
                 results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows, fnw_rows=fnw)
             if rows:
@@ -479,7 +467,9 @@ class TrainingDaemon:
     def _step_record(self, table: pa.Table | None, results: dict[str, StepResult]) -> StepRecord | None:
         """Every rank's events of this step, on rank 0 (None elsewhere)."""
         audit, index = self.config.daemon.audit_log is not None, self.config.index.enabled
-        joined = self._joined_record(table, results, audit, index) if self._joined is not None and table is not None else None
+        joined = None
+        if self.feedback is not None and self.feedback.current is not None and table is not None:
+            joined = self.feedback.record(table, results, audit, index)
         if self.coordinator.world_size == 1:
             return joined if joined is not None else StepRecord.of_batch(table, results, audit, index)
         if joined is not None:
@@ -488,22 +478,6 @@ class TrainingDaemon:
             share = StepShare.of(table, results, audit, index) if table is not None else None
         shares = self.coordinator.gather(share)
         return StepRecord.merged(shares, results) if shares is not None else None
-
-    def _joined_record(self, table: pa.Table, results: dict[str, StepResult], audit: bool, index: bool) -> StepRecord:
-        """The quality meets each impression's final label with its *arrival* prediction, once (no FNW duplicates).
-
-        In joined mode an audit line is ``event_id<TAB>label``, and ``...<TAB>fnw`` for an FNW duplicate.
-        """
-        joined = self._joined
-        counted = joined.counted
-        labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.float32)
-        measured = {name: replace(result, probabilities=joined.scores[name][counted], labels=labels[counted])
-                    for name, result in results.items()}
-        ids = None
-        if audit:
-            ids = [f"{event_id}\t{int(label)}" + ("\tfnw" if role == FNW_DUPLICATE else "")
-                   for event_id, label, role in zip(table.column("event_id").to_pylist(), labels, joined.roles)]
-        return StepRecord(measured, table.column("ts").to_numpy()[counted], ids, table if index else None)
 
     def _record(self, step: StepRecord) -> None:
         for i, slot in enumerate(self.slots):
@@ -526,6 +500,8 @@ class TrainingDaemon:
             # Lag reads the consumer thread's state under its lock: not on every batch.
             lag = consumer.lag()
             self._lag = sum(v for v in lag.values() if v is not None)
+            if self.feedback is not None:
+                self._lag += self.feedback.lag()
             if self.telemetry is not None:
                 self.telemetry.on_lag(lag)
                 if self.index_sync is not None:
@@ -534,6 +510,8 @@ class TrainingDaemon:
         daemon = self.config.daemon
         if now - self._last_commit >= daemon.commit_every_s:
             consumer.commit(dict(self.offsets))
+            if self.feedback is not None:
+                self.feedback.commit()
             self._last_commit = now
         # Same inputs on every rank (the job's event count, rank 0's timer vote): all or none.
         if self.events > self._events_at_checkpoint and (
@@ -565,8 +543,8 @@ class TrainingDaemon:
         sizes = {f"history points ({s.name})": len(s.history) for s in self.slots}
         if self.index_sync is not None:
             sizes.update(self.index_sync.bounded_sizes())
-        if self.joiner is not None:
-            sizes.update(self.joiner.bounded_sizes())
+        if self.feedback is not None:
+            sizes.update(self.feedback.bounded_sizes())
         if self.recent_ids is not None:
             sizes["recent event ids"] = len(self.recent_ids)
         return sizes

@@ -30,7 +30,7 @@ from monitoring.config import MonitoringConfig
 from monitoring.drift import LoglossDriftDetector
 from monitoring.metrics import TrainerMetrics, observe_many
 from monitoring.streaming import RollingAUC, RollingCalibration, RollingLogLoss
-from stream.codec import REJECT_REASONS
+from stream.codec import REJECT_REASONS, Reject
 from stream.consumer import Batch
 from stream.joiner import CLICK_REJECT_REASONS, FeedbackJoiner, Joined
 
@@ -162,8 +162,11 @@ class Telemetry:
         m = self.metrics
         for partition, count in batch.events_by_partition.items():
             m.events_consumed.labels(str(partition)).inc(count)
-        for reject in batch.rejects:
-            m.events_dead_lettered.labels(reject.reason).inc()
+        self.on_rejects(batch.rejects)
+
+    def on_rejects(self, rejects: list[Reject]) -> None:
+        for reject in rejects:
+            self.metrics.events_dead_lettered.labels(reject.reason).inc()
 
     def on_join(self, joined: Joined, joiner: FeedbackJoiner) -> None:
         """Joined feedback: what one batch's join did, and the join state's size and watermark."""

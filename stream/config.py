@@ -216,6 +216,10 @@ class FeedbackConfig:
     ``dedup_ids``: event ids remembered to drop a message sent twice (a producer retry),
     for labelled events and impressions alike. ``idle_partition_s``: a partition with no
     new message for that long (wall time) stops holding the watermark back.
+
+    ``clicks_topic``: where clicks arrive when not on ``[stream] topic`` ("": the same
+    topic). It must have as many partitions as the impressions' topic, and a click must
+    go to the partition number of its impression (same key, same partitioner).
     """
 
     mode: Literal["labelled", "joined"] = "labelled"
@@ -225,6 +229,7 @@ class FeedbackConfig:
     max_pending: int = field(default=1_000_000, metadata={"ge": 1})
     dedup_ids: int = field(default=100_000, metadata={"ge": 0})
     idle_partition_s: float = field(default=30.0, metadata={"gt": 0.0})
+    clicks_topic: str = ""
 
     def __post_init__(self) -> None:
         if self.click_horizon_s < self.label_window_s:

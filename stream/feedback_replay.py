@@ -59,10 +59,13 @@ def replay_feedback(
     progress: bool = True,
     stamp_event_times: bool = False,
     end_watermark_ms: int | None = None,
+    clicks_topic: str | None = None,
 ) -> ReplaySummary:
     """Produce impressions, clicks and the closing watermarks of a feedback log (see the module docstring).
 
     ``rate``/``speedup`` pace by messages / by event time as `stream.replay.replay` does.
+    ``clicks_topic``: send the clicks there (same keys, so the same partition numbers
+    when both topics have as many partitions); both topics get the closing watermarks.
     Returns the impressions as ``events`` and every message sent as ``messages``.
     """
     table = source if isinstance(source, pa.Table) else read_click_log(source, index_ids=False)
@@ -96,7 +99,7 @@ def replay_feedback(
                 producer.send(config.topic, value=bodies[row], key=keys[row], headers=JSON_HEADERS,
                               timestamp_ms=stamp).add_errback(failures)
             else:
-                producer.send(config.topic, value=encode_click(event_ids[row], when), key=keys[row],
+                producer.send(clicks_topic or config.topic, value=encode_click(event_ids[row], when), key=keys[row],
                               headers=CLICK_HEADERS, timestamp_ms=stamp).add_errback(failures)
             sent += 1
             if sent % JSON_CHUNK_ROWS == 0:
@@ -104,10 +107,11 @@ def replay_feedback(
         bar.update(sent % JSON_CHUNK_ROWS)
         last = max(int(ts.max()) if len(ts) else 0, int(click_times.max()) if len(click_times) else 0)
         end = last if end_watermark_ms is None else end_watermark_ms
-        for partition in sorted(producer.partitions_for(config.topic)):
-            producer.send(config.topic, value=encode_watermark(end), partition=partition, headers=WATERMARK_HEADERS,
-                          timestamp_ms=record_timestamp(end, stamp_event_times)).add_errback(failures)
-            sent += 1
+        for topic in dict.fromkeys((config.topic, clicks_topic or config.topic)):
+            for partition in sorted(producer.partitions_for(topic)):
+                producer.send(topic, value=encode_watermark(end), partition=partition, headers=WATERMARK_HEADERS,
+                              timestamp_ms=record_timestamp(end, stamp_event_times)).add_errback(failures)
+                sent += 1
         producer.flush(timeout=FLUSH_TIMEOUT_S)
     finally:
         bar.close()

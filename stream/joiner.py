@@ -62,9 +62,30 @@ CLICK_REJECT_REASONS = (UNKNOWN_IMPRESSION, EXPIRED_IMPRESSION, CLICK_BEFORE_IMP
 COUNTERS = (
     "impressions", "labelled", "joined_clicks", "late_clicks", "late_clicks_dropped", "fnw_duplicates",
     "orphan_clicks", "duplicate_impressions", "duplicate_events", "duplicate_clicks", "emitted_early", "forgotten",
+    "clicks_forced",
 )
 _STATE_COLUMNS = ("__ts", "__seq", "__clicked", "__late", "__emitted", "__duplicated", "__ordinal", "__partition")
 _NO_TS = -(2**63)
+
+
+class _PartitionClock:
+    """The latest event time seen on each partition of one topic, and when (wall time) it last moved."""
+
+    def __init__(self) -> None:
+        self.ts: dict[int, int] = {}
+        self.seen: dict[int, float] = {}
+
+    def observe(self, max_ts: dict[int, int], now: float) -> None:
+        for partition, ts in max_ts.items():
+            if ts > self.ts.get(partition, _NO_TS):
+                self.ts[partition] = ts
+            self.seen[partition] = now
+
+    def idle(self, partition: int, now: float, idle_s: float) -> bool:
+        return now - self.seen.get(partition, now) >= idle_s
+
+    def active(self, now: float, idle_s: float) -> list[int]:
+        return [ts for p, ts in self.ts.items() if not self.idle(p, now, idle_s)]
 
 
 @dataclass(slots=True)
@@ -156,33 +177,39 @@ class FeedbackJoiner:
         self._rows = _Rows(schema)
         self._due: list[tuple[int, int, str]] = []  # (due ts, seq, event id); stale items are skipped
         self._seq = 0
-        self.partition_ts: dict[int, int] = {}
-        self._partition_seen: dict[int, float] = {}  # wall time of each partition's last message
+        self.clock = _PartitionClock()  # the impressions' topic
+        # Clicks on a topic of their own (`clicks_topic`): its clock, and the clicks that
+        # wait until the impressions' partition has passed their time (a click may be read
+        # before its impression when the two topics are consumed side by side).
+        self.two_topics = bool(config.clicks_topic)
+        self.click_clock = _PartitionClock()
+        self._waiting_clicks: dict[int, list[tuple[int, int, str, str | None, int]]] = {}
+        self._click_seq = 0
         self.recent = RecentIds(config.dedup_ids)
         self.pending = 0  # entries not emitted yet
         self._released = 0  # rows of forgotten entries, released at the end of the batch
         self.totals: Counter[str] = Counter()
 
     # -- the watermark -----------------------------------------------------------------
+    @property
+    def partition_ts(self) -> dict[int, int]:
+        return self.clock.ts
+
     def watermark(self, now: float | None = None) -> int | None:
-        """The smallest latest-event-time over partitions not idle; None before any event."""
+        """The smallest latest-event-time over partitions not idle (of both topics); None before any event."""
         now = time.monotonic() if now is None else now
-        active = [ts for p, ts in self.partition_ts.items()
-                  if now - self._partition_seen.get(p, now) < self.config.idle_partition_s]
+        idle_s = self.config.idle_partition_s
+        clocks = (self.clock, self.click_clock) if self.two_topics else (self.clock,)
+        active = [ts for clock in clocks for ts in clock.active(now, idle_s)]
         if active:
             return min(active)
-        return max(self.partition_ts.values()) if self.partition_ts else None
-
-    def _observe(self, max_ts: dict[int, int], now: float) -> None:
-        for partition, ts in max_ts.items():
-            if ts > self.partition_ts.get(partition, _NO_TS):
-                self.partition_ts[partition] = ts
-            self._partition_seen[partition] = now
+        return max(self.clock.ts.values()) if self.clock.ts else None
 
     # -- one batch ---------------------------------------------------------------------
     def add(
         self, events: pa.Table, scores: dict[str, np.ndarray], clicks: pa.Table, max_ts: dict[int, int],
         partitions: np.ndarray | None = None, now: float | None = None,
+        click_max_ts: dict[int, int] | None = None,
     ) -> Joined:
         """Take one batch (events with null labels are impressions), return what it releases.
 
@@ -191,6 +218,8 @@ class FeedbackJoiner:
         batch, ``partitions``: each row's partition
         (`stream.feedback_wire.FeedbackDecoded`); held impressions keep theirs, so a
         restart with other partition shares (`from_states`) gives each its own.
+        With ``clicks_topic`` set, ``clicks`` and ``click_max_ts`` come from the clicks'
+        topic: a click waits until its partition's impressions have passed its time.
         """
         now = time.monotonic() if now is None else now
         counts: Counter[str] = Counter()
@@ -206,8 +235,16 @@ class FeedbackJoiner:
         if partitions is None:
             partitions = np.zeros(events.num_rows, dtype=np.int32)
         self._hold(events, impressions, scores, partitions, counts, out)
+        self.clock.observe(max_ts, now)
+        if self.two_topics:
+            for partition in max_ts:  # a partition with no click yet holds the watermark back until idle
+                if partition not in self.click_clock.ts:
+                    self.click_clock.ts[partition] = _NO_TS
+                    self.click_clock.seen[partition] = now
+            self.click_clock.observe(click_max_ts or {}, now)
+            self._wait(clicks)
+            clicks = self._due_clicks(now, counts)
         rejects = self._join(clicks, counts, out)
-        self._observe(max_ts, now)
         self._release(self.watermark(now), counts, out)
         self.totals.update(counts)
         joined = out.result(rejects, counts)
@@ -251,6 +288,42 @@ class FeedbackJoiner:
             if len(self.entries) > self.config.max_pending:
                 self._evict_one(counts, out)
         counts["impressions"] += len(rows)
+
+    def _wait(self, clicks: pa.Table) -> None:
+        """Two topics: queue the clicks by partition, in event-time order."""
+        if clicks.num_rows == 0:
+            return
+        columns = [clicks.column(c).to_pylist() for c in ("event_id", "ts", "kind", "partition", "offset")]
+        for event_id, ts, kind, partition, offset in zip(*columns):
+            heapq.heappush(self._waiting_clicks.setdefault(partition, []), (ts, self._click_seq, event_id, kind, offset))
+            self._click_seq += 1
+
+    def _due_clicks(self, now: float, counts: Counter[str]) -> pa.Table:
+        """The waiting clicks whose partition's impressions have passed their time (or gone idle), oldest first.
+
+        Over ``max_pending`` waiting clicks, the oldest go now (counted as ``clicks_forced``).
+        """
+        due: list[tuple[int, int, str, str | None, int, int]] = []
+        idle_s = self.config.idle_partition_s
+        for partition, waiting in self._waiting_clicks.items():
+            passed = self.clock.ts.get(partition, _NO_TS)
+            idle = self.clock.idle(partition, now, idle_s)
+            while waiting and (waiting[0][0] < passed or idle):
+                ts, seq, event_id, kind, offset = heapq.heappop(waiting)
+                due.append((ts, seq, event_id, kind, partition, offset))
+        waiting_total = sum(len(w) for w in self._waiting_clicks.values())
+        while waiting_total > self.config.max_pending:
+            partition = min((w[0][0], p) for p, w in self._waiting_clicks.items() if w)[1]
+            ts, seq, event_id, kind, offset = heapq.heappop(self._waiting_clicks[partition])
+            due.append((ts, seq, event_id, kind, partition, offset))
+            counts["clicks_forced"] += 1
+            waiting_total -= 1
+        due.sort()
+        return pa.table({
+            "event_id": pa.array([d[2] for d in due], pa.string()), "ts": pa.array([d[0] for d in due], pa.int64()),
+            "kind": pa.array([d[3] for d in due], pa.string()), "partition": pa.array([d[4] for d in due], pa.int32()),
+            "offset": pa.array([d[5] for d in due], pa.int64()),
+        })
 
     def _join(self, clicks: pa.Table, counts: Counter[str], out: _Emission) -> list[Reject]:
         rejects: list[Reject] = []
@@ -349,7 +422,8 @@ class FeedbackJoiner:
     # -- sizes and state ---------------------------------------------------------------
     def bounded_sizes(self) -> dict[str, int]:
         return {"joiner held impressions": len(self.entries), "joiner pending impressions": self.pending,
-                "joiner duplicate-window ids": len(self.recent)}
+                "joiner duplicate-window ids": len(self.recent),
+                "joiner waiting clicks": sum(len(w) for w in self._waiting_clicks.values())}
 
     def state_bytes(self) -> bytes:
         """The whole join state as one Arrow IPC stream (rows + flags; the rest in the schema metadata)."""
@@ -371,7 +445,9 @@ class FeedbackJoiner:
             rows = rows.append_column(name, values)
         meta = {
             "seq": self._seq,
-            "partition_ts": {str(p): ts for p, ts in self.partition_ts.items()},
+            "partition_ts": {str(p): ts for p, ts in self.clock.ts.items()},
+            "click_partition_ts": {str(p): ts for p, ts in self.click_clock.ts.items()},
+            "waiting_clicks": [[p, *click] for p, waiting in self._waiting_clicks.items() for click in waiting],
             "recent": self.recent.state(),
             "totals": dict(self.totals),
             "due": [[d, s, e] for d, s, e in self._due if e in self.entries and self.entries[e].seq == s],
@@ -421,9 +497,14 @@ class FeedbackJoiner:
                 joiner.pending += not entry.emitted
             due += [(int(d), int(s), str(e)) for d, s, e in meta["due"]]
             joiner._seq = max(joiner._seq, int(meta["seq"]))
-            for p, ts in meta["partition_ts"].items():
-                if keep is None or int(p) in keep:
-                    joiner.partition_ts[int(p)] = max(int(ts), joiner.partition_ts.get(int(p), _NO_TS))
+            for clock, key in ((joiner.clock, "partition_ts"), (joiner.click_clock, "click_partition_ts")):
+                for p, ts in meta.get(key, {}).items():
+                    if keep is None or int(p) in keep:
+                        clock.ts[int(p)] = max(int(ts), clock.ts.get(int(p), _NO_TS))
+            for p, ts, _, event_id, kind, offset in meta.get("waiting_clicks", []):
+                if keep is None or p in keep:
+                    heapq.heappush(joiner._waiting_clicks.setdefault(p, []), (ts, joiner._click_seq, event_id, kind, offset))
+                    joiner._click_seq += 1
             recent += [int(k) for k in meta["recent"]]
             if keep is None:  # a rank's share starts its own counts
                 joiner.totals.update({str(k): int(v) for k, v in meta["totals"].items()})

@@ -117,6 +117,17 @@ def test_impressions_and_clicks_train_once_with_their_windowed_labels_and_bad_cl
     assert reasons == {"unknown_impression": 1, "missing_field": 1}
 
 
+def test_a_clicks_topic_with_another_partition_count_is_one_line(broker, stream_config, tmp_path):
+    from inttower.errors import UserError
+
+    _topics(broker)
+    create_topic(broker.bootstrap, "other-clicks", PARTITIONS + 1)
+    stream = stream_config(broker, topic=TOPIC, dead_letter_topic=DEAD_LETTERS)
+    app = _app(stream, tmp_path, FeedbackConfig(mode="joined", clicks_topic="other-clicks"), stop_after_events=1)
+    with pytest.raises(UserError, match="'other-clicks' has 4 partitions and \\[stream\\] topic 'feedback' 3"):
+        TrainingDaemon(app, threading.Event()).run()
+
+
 def _daemon(config: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "inttower.cli", "train", "--config", str(config)], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -131,12 +142,15 @@ def _wait_for_lines(audit: Path, count: int, process: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("policy", ["drop", "fnw"])
-def test_sigkill_at_three_points_labels_every_impression_exactly_once(broker, tmp_path, policy):
+@pytest.mark.parametrize(("policy", "clicks_topic"), [("drop", ""), ("fnw", ""), ("fnw", "feedback-clicks")])
+def test_sigkill_at_three_points_labels_every_impression_exactly_once(broker, tmp_path, policy, clicks_topic):
+    """Clicks on the impressions' topic, or on their own (read side by side, often far ahead of their impressions)."""
     _topics(broker)
+    if clicks_topic:
+        create_topic(broker.bootstrap, clicks_topic, PARTITIONS)
     table = _feedback_log(6000, seed=7)
     replay_feedback(table, StreamConfig(bootstrap_servers=(broker.bootstrap,), topic=TOPIC), progress=False,
-                    end_watermark_ms=_end_watermark(table))
+                    end_watermark_ms=_end_watermark(table), clicks_topic=clicks_topic or None)
     expected = _expected(table, fnw=policy == "fnw")
     total = sum(expected.values())
     config = write_daemon_toml(
@@ -147,6 +161,7 @@ mode = "joined"
 label_window_s = {WINDOW_S}
 click_horizon_s = {HORIZON_S}
 late_click_policy = "{policy}"
+clicks_topic = "{clicks_topic}"
 """,
     )
     audit = tmp_path / "trained.txt"

@@ -282,3 +282,36 @@ def test_a_state_splits_by_partition_for_a_restart_with_other_shares() -> None:
             rank.feed(mine[start:start + 30])
         outputs += rank.emitted()
     assert sorted(outputs) == sorted(whole.emitted())
+
+
+@pytest.mark.parametrize("policy", ["drop", "fnw"])
+def test_clicks_on_a_topic_of_their_own_label_as_on_one_topic_however_far_ahead_they_are_read(policy: str) -> None:
+    """Two topics consumed side by side: clicks may be read long before their impressions."""
+    one = config(late_click_policy=policy, label_window_s=2.0, click_horizon_s=6.0, max_pending=10**6)
+    two = config(late_click_policy=policy, label_window_s=2.0, click_horizon_s=6.0, max_pending=10**6,
+                 clicks_topic="clicks")
+    messages = random_stream(seed=3)
+    reference = Driver(one)
+    for m in interleave(messages, 0):
+        reference.feed([m])
+    watermarks = [m for m in messages if b'"watermark"' in m.value]
+    impressions = [m for m in messages if b'"click"' not in m.value]
+    clicks = [m for m in messages if b'"click"' in m.value] + watermarks  # each topic ends with its watermark
+    for seed, (imp_batch, click_batch) in enumerate(((5, 50), (40, 3), (1, 1000))):
+        rng = random.Random(seed)
+        imp_queue, click_queue = interleave(impressions, seed), interleave(clicks, seed + 10)
+        d = Driver(two)
+        while imp_queue or click_queue:
+            take_imp = imp_queue[: rng.randint(0, imp_batch)]
+            take_click = click_queue[: rng.randint(0, click_batch)]
+            del imp_queue[: len(take_imp)], click_queue[: len(take_click)]
+            events = decode_feedback(take_imp, SCHEMA, MAX_BYTES)
+            clicked = decode_feedback(take_click, SCHEMA, MAX_BYTES)
+            ids = events.events.column("event_id").to_pylist()
+            scores = {m: np.array([score_of(i, m) for i in ids]) for m in MODELS}
+            d.out.append(d.joiner.add(events.events, scores, clicked.clicks, events.max_ts, events.event_partitions,
+                                      now=0.0, click_max_ts=clicked.max_ts))
+            if rng.random() < 0.1:  # a checkpoint round trip now and then
+                d.joiner = FeedbackJoiner.from_state(d.joiner.state_bytes(), two, SCHEMA.arrow_schema(), MODELS)
+        assert sorted(d.emitted()) == sorted(reference.emitted()), seed
+        assert not d.joiner._waiting_clicks or not any(d.joiner._waiting_clicks.values())
