@@ -23,27 +23,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from kafka import KafkaProducer
 from tqdm import tqdm
 
 from stream.clicklog import read_click_log
 from stream.codec import JSON_HEADERS, table_to_json_events
-from stream.config import StreamConfig, kafka_client_options
+from stream.config import StreamConfig
 from stream.delays import CLICK_TS_COLUMN, is_feedback_log
 from stream.feedback_wire import TYPE_HEADER, encode_click, encode_watermark
-from stream.replay import (
-    FLUSH_TIMEOUT_S,
-    JSON_CHUNK_ROWS,
-    LINGER_MS,
-    PRODUCER_BATCH_BYTES,
-    REQUEST_OVERHEAD_BYTES,
-    ReplayError,
-    ReplaySummary,
-    _Failures,
-    _Pacer,
-    _due_times,
-    record_timestamp,
-)
+from stream.replay import JSON_CHUNK_ROWS, ReplayProducer, ReplaySummary, _due_times, _Pacer, record_timestamp
 
 log = logging.getLogger(__name__)
 CLICK_HEADERS = [*JSON_HEADERS, (TYPE_HEADER, b"click")]
@@ -83,45 +70,36 @@ def replay_feedback(
     order = list(heapq.merge(((int(t), 0, i) for i, t in enumerate(ts)),
                              sorted((int(t), 1, int(i)) for t, i in zip(click_times, clicked))))
     due = _due_times(np.array([t for t, _, _ in order], dtype=np.int64), rate, speedup)
-    producer = KafkaProducer(acks=1, linger_ms=LINGER_MS, batch_size=PRODUCER_BATCH_BYTES,
-                             max_request_size=config.max_message_bytes + REQUEST_OVERHEAD_BYTES,
-                             **kafka_client_options(config))
-    failures, pacer = _Failures(), _Pacer()
+    producer, pacer = ReplayProducer(config), _Pacer()
     bodies = _impression_bodies(impressions)
     bar = tqdm(total=len(order), unit="msg", desc=f"replay feedback -> {config.topic}", disable=not progress)
-    sent = 0
     try:
         for n, (when, kind, row) in enumerate(order):
             if due is not None:
                 pacer.wait(float(due[n]))
             stamp = record_timestamp(when, stamp_event_times)
             if kind == 0:
-                producer.send(config.topic, value=bodies[row], key=keys[row], headers=JSON_HEADERS,
-                              timestamp_ms=stamp).add_errback(failures)
+                producer.send(config.topic, value=bodies[row], key=keys[row], headers=JSON_HEADERS, timestamp_ms=stamp)
             else:
                 producer.send(clicks_topic or config.topic, value=encode_click(event_ids[row], when), key=keys[row],
-                              headers=CLICK_HEADERS, timestamp_ms=stamp).add_errback(failures)
-            sent += 1
-            if sent % JSON_CHUNK_ROWS == 0:
+                              headers=CLICK_HEADERS, timestamp_ms=stamp)
+            if producer.sent % JSON_CHUNK_ROWS == 0:
                 bar.update(JSON_CHUNK_ROWS)
-        bar.update(sent % JSON_CHUNK_ROWS)
+        bar.update(producer.sent % JSON_CHUNK_ROWS)
         last = max(int(ts.max()) if len(ts) else 0, int(click_times.max()) if len(click_times) else 0)
         end = last if end_watermark_ms is None else end_watermark_ms
         for topic in dict.fromkeys((config.topic, clicks_topic or config.topic)):
-            for partition in sorted(producer.partitions_for(topic)):
+            for partition in producer.partitions(topic):
                 producer.send(topic, value=encode_watermark(end), partition=partition, headers=WATERMARK_HEADERS,
-                              timestamp_ms=record_timestamp(end, stamp_event_times)).add_errback(failures)
-                sent += 1
-        producer.flush(timeout=FLUSH_TIMEOUT_S)
+                              timestamp_ms=record_timestamp(end, stamp_event_times))
+        producer.flush()
     finally:
         bar.close()
-        producer.close(timeout=FLUSH_TIMEOUT_S)
+        producer.close()
     seconds = time.monotonic() - pacer.start
-    if failures.count:
-        raise ReplayError(f"{failures.count} of {sent} messages to {config.topic} failed; first error: {failures.first!r}")
-    log.info("replayed %d impressions and %d clicks (%d messages) to %s in %.1f s", table.num_rows, len(clicked), sent,
-             config.topic, seconds)
-    return ReplaySummary(table.num_rows, sent, seconds, table.num_rows / seconds if seconds > 0 else 0.0)
+    log.info("replayed %d impressions and %d clicks (%d messages) to %s in %.1f s", table.num_rows, len(clicked),
+             producer.sent, config.topic, seconds)
+    return ReplaySummary(table.num_rows, producer.sent, seconds, table.num_rows / seconds if seconds > 0 else 0.0)
 
 
 def _impression_bodies(impressions: pa.Table) -> list[bytes]:

@@ -151,6 +151,41 @@ class _Failures:
                 self.first = exc
 
 
+class ReplayProducer:
+    """A producer set up for replays (acks=1, batching, room for the largest message) that counts sends and failures.
+
+    `flush` waits for every send and raises `ReplayError` if any failed; `close` always runs last.
+    """
+
+    def __init__(self, config: StreamConfig) -> None:
+        self.topic = config.topic
+        self.sent = 0
+        self.failures = _Failures()
+        self.producer = KafkaProducer(
+            acks=1,
+            linger_ms=LINGER_MS,
+            batch_size=PRODUCER_BATCH_BYTES,
+            max_request_size=config.max_message_bytes + REQUEST_OVERHEAD_BYTES,
+            **kafka_client_options(config),
+        )
+
+    def send(self, topic: str, **message: object) -> None:
+        self.producer.send(topic, **message).add_errback(self.failures)
+        self.sent += 1
+
+    def partitions(self, topic: str) -> list[int]:
+        return sorted(self.producer.partitions_for(topic))
+
+    def flush(self) -> None:
+        self.producer.flush(timeout=FLUSH_TIMEOUT_S)
+        if self.failures.count:
+            raise ReplayError(f"{self.failures.count} of {self.sent} messages to {self.topic} failed; "
+                              f"first error: {self.failures.first!r}")
+
+    def close(self) -> None:
+        self.producer.close(timeout=FLUSH_TIMEOUT_S)
+
+
 def record_timestamp(ts: int | None, stamp: bool = True) -> int | None:
     """The Kafka record timestamp for event time ``ts``: itself, or None (the send time) when negative, null or not ``stamp``."""
     return ts if stamp and ts is not None and ts >= 0 else None
@@ -203,38 +238,28 @@ def replay(
     ts = table.column("ts").to_numpy()
     due = _due_times(ts, rate, speedup)
 
-    producer = KafkaProducer(
-        acks=1,
-        linger_ms=LINGER_MS,
-        batch_size=PRODUCER_BATCH_BYTES,
-        max_request_size=config.max_message_bytes + REQUEST_OVERHEAD_BYTES,
-        **kafka_client_options(config),
-    )
-    failures = _Failures()
+    producer = ReplayProducer(config)
     pacer = _Pacer()
-    messages = 0
     bar = tqdm(total=table.num_rows, unit="ev", desc=f"replay {fmt} -> {config.topic}", disable=not progress)
     try:
         if fmt == "json":
-            messages = _replay_json(producer, table, config.topic, due, pacer, failures, bar, stamp_event_times)
+            _replay_json(producer, table, config.topic, due, pacer, bar, stamp_event_times)
         else:
-            partitions = sorted(producer.partitions_for(config.topic))
+            partitions = producer.partitions(config.topic)
             rows_partition = user_partitions(table.column("user_id"), len(partitions))
             for p, rows in _arrow_chunks(rows_partition, due, arrow_batch_events):
                 if due is not None:
                     pacer.wait(float(due[rows[-1]]))
                 for value, timestamp_ms in _split_to_fit(table.take(pa.array(rows)), config.max_message_bytes, stamp_event_times):
                     producer.send(config.topic, value=value, partition=partitions[p], headers=ARROW_HEADERS,
-                                  timestamp_ms=timestamp_ms).add_errback(failures)
-                    messages += 1
+                                  timestamp_ms=timestamp_ms)
                 bar.update(len(rows))
-        producer.flush(timeout=FLUSH_TIMEOUT_S)
+        producer.flush()
     finally:
         bar.close()
-        producer.close(timeout=FLUSH_TIMEOUT_S)
+        producer.close()
     seconds = time.monotonic() - pacer.start
-    if failures.count:
-        raise ReplayError(f"{failures.count} of {messages} messages to {config.topic} failed; first error: {failures.first!r}")
+    messages = producer.sent
     summary = ReplaySummary(table.num_rows, messages, seconds, table.num_rows / seconds if seconds > 0 else 0.0)
     logger.info(
         "replayed %d events in %d %s messages to %s in %.1f s (%.0f events/s)",
@@ -244,12 +269,11 @@ def replay(
 
 
 def _replay_json(
-    producer: KafkaProducer,
+    producer: ReplayProducer,
     table: pa.Table,
     topic: str,
     due: np.ndarray | None,
     pacer: _Pacer,
-    failures: _Failures,
     bar: tqdm,
     stamp: bool,
 ) -> int:
@@ -259,7 +283,7 @@ def _replay_json(
     for index, value in enumerate(table_to_json_events(table, JSON_CHUNK_ROWS)):
         if due is not None:
             pacer.wait(float(due[index]))
-        producer.send(topic, value=value, key=keys[index], headers=JSON_HEADERS, timestamp_ms=timestamps[index]).add_errback(failures)
+        producer.send(topic, value=value, key=keys[index], headers=JSON_HEADERS, timestamp_ms=timestamps[index])
         sent += 1
         if sent % JSON_CHUNK_ROWS == 0:
             bar.update(JSON_CHUNK_ROWS)

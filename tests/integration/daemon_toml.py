@@ -1,8 +1,18 @@
-"""The small daemon config the subprocess tests (single process and torchrun) write."""
+"""The small daemon config the subprocess tests (single process and torchrun) write, and the process that runs it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+
+def train_process(config: Path) -> subprocess.Popen:
+    """``inttower train --config CONFIG`` as a child process, its output on a pipe."""
+    return subprocess.Popen([sys.executable, "-m", "inttower.cli", "train", "--config", str(config)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def write_daemon_toml(

@@ -31,7 +31,7 @@ from stream.codec import (
 from stream.replay import replay
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
 from tests.conftest import REPO_ROOT
-from tests.integration.daemon_toml import write_daemon_toml
+from tests.integration.daemon_toml import train_process, write_daemon_toml
 
 pytestmark = pytest.mark.slow
 
@@ -184,11 +184,6 @@ def _write_config(path: Path, broker, tmp_path: Path, events: int) -> Path:
     return write_daemon_toml(path, broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, events)
 
 
-def _daemon(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "inttower.cli", "train", "--config", str(config)], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _wait_for_trained(audit: Path, count: int, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while len(TrainedEventLog.read(audit)) < count:
@@ -208,7 +203,7 @@ def test_killed_daemon_restarts_and_trains_every_event_exactly_once(broker, tmp_
     config = _write_config(tmp_path / "c.toml", broker, tmp_path, events)
     audit = tmp_path / "trained.txt"
 
-    first = _daemon(config)
+    first = train_process(config)
     _wait_for_trained(audit, random.Random(int(kill)).randint(2000, 8000), first)
     sent = time.monotonic()
     first.send_signal(kill)
@@ -216,7 +211,7 @@ def test_killed_daemon_restarts_and_trains_every_event_exactly_once(broker, tmp_
     if kill == signal.SIGTERM:  # clean shutdown: quick, exit 0, a final checkpoint
         assert first.returncode == 0 and time.monotonic() - sent < 10
         assert "stopped after" in first.stdout.read()
-    second = _daemon(config)
+    second = train_process(config)
     out, _ = second.communicate(timeout=RUN_TIMEOUT_S)
     assert second.returncode == 0, out
     assert "restored ckpt-" in out

@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,8 +27,8 @@ from stream.delays import DelayConfig, add_click_times
 from stream.feedback_replay import replay_feedback
 from stream.feedback_wire import encode_click
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
-from tests.conftest import REPO_ROOT
-from tests.integration.daemon_toml import write_daemon_toml
+from tests.integration.daemon_toml import train_process, write_daemon_toml
+from tests.integration.test_daemon import _run
 
 pytestmark = pytest.mark.slow
 
@@ -71,16 +70,6 @@ def _app(stream: StreamConfig, tmp_path: Path, feedback: FeedbackConfig, **daemo
                                  status_every_s=1.0, commit_every_s=1.0, **daemon)
     return AppConfig(model=SMALL_MODEL, train=TrainConfig(threads=1), stream=stream, feedback=feedback,
                      daemon=daemon_config, monitoring=MonitoringConfig(port=0))
-
-
-def _run(app: AppConfig):
-    stop = threading.Event()
-    watchdog = threading.Timer(RUN_TIMEOUT_S, stop.set)
-    watchdog.start()
-    try:
-        return TrainingDaemon(app, stop).run()
-    finally:
-        watchdog.cancel()
 
 
 def test_impressions_and_clicks_train_once_with_their_windowed_labels_and_bad_clicks_are_dead_lettered(
@@ -128,9 +117,15 @@ def test_a_clicks_topic_with_another_partition_count_is_one_line(broker, stream_
         TrainingDaemon(app, threading.Event()).run()
 
 
-def _daemon(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "inttower.cli", "train", "--config", str(config)], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _feedback_toml(policy: str, clicks_topic: str = "") -> str:
+    return f"""
+[feedback]
+mode = "joined"
+label_window_s = {WINDOW_S}
+click_horizon_s = {HORIZON_S}
+late_click_policy = "{policy}"
+clicks_topic = "{clicks_topic}"
+"""
 
 
 def _wait_for_lines(audit: Path, count: int, process: subprocess.Popen) -> None:
@@ -155,22 +150,15 @@ def test_sigkill_at_three_points_labels_every_impression_exactly_once(broker, tm
     total = sum(expected.values())
     config = write_daemon_toml(
         tmp_path / "c.toml", broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, total,
-        extra_daemon=f"""
-[feedback]
-mode = "joined"
-label_window_s = {WINDOW_S}
-click_horizon_s = {HORIZON_S}
-late_click_policy = "{policy}"
-clicks_topic = "{clicks_topic}"
-""",
+        extra_daemon=_feedback_toml(policy, clicks_topic),
     )
     audit = tmp_path / "trained.txt"
     for point in sorted(random.Random(policy).sample(range(500, total - 500), 3)):
-        process = _daemon(config)
+        process = train_process(config)
         _wait_for_lines(audit, point, process)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-    last = _daemon(config)
+    last = train_process(config)
     out, _ = last.communicate(timeout=RUN_TIMEOUT_S)
     assert last.returncode == 0, out
     trained = Counter(TrainedEventLog.read(audit))
@@ -188,13 +176,7 @@ def test_two_ranks_under_torchrun_join_their_partitions_and_a_one_rank_restart_f
     expected = _expected(table, fnw=True)
     config = write_daemon_toml(
         tmp_path / "c.toml", broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, sum(expected.values()), startup_timeout_s=5.0,
-        extra_daemon=f"""
-[feedback]
-mode = "joined"
-label_window_s = {WINDOW_S}
-click_horizon_s = {HORIZON_S}
-late_click_policy = "fnw"
-""",
+        extra_daemon=_feedback_toml("fnw"),
     )
     audit = tmp_path / "trained.txt"
     with TorchrunJob(config, 2, tmp_path / "first.log") as first:
