@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 
 from stream.config import FeedbackConfig
 from stream.dedup import RecentIds
+from stream.held_rows import HeldRows
 from stream.wire import Reject
 
 #: Roles of emitted rows (the trainer weights by them, the quality counts all but duplicates).
@@ -92,7 +93,7 @@ class _PartitionClock:
 class _Entry:
     ts: int
     seq: int  # arrival order: ties and eviction are deterministic
-    row: int  # ordinal of its row in the held rows (`_Rows`)
+    row: int  # ordinal of its row in the held rows (`HeldRows`)
     scores: tuple[float, ...]
     partition: int
     clicked: bool = False
@@ -118,51 +119,6 @@ class Joined:
         return self.roles != FNW_DUPLICATE
 
 
-class _Rows:
-    """Held impression rows: batch tables appended, rows addressed by a running ordinal, compacted when mostly dead."""
-
-    def __init__(self, schema: pa.Schema) -> None:
-        self.schema = schema
-        self.chunks: list[pa.Table] = []
-        self.starts: list[int] = []  # ordinal of each chunk's first row
-        self.next = 0
-        self.live = 0
-
-    def append(self, table: pa.Table) -> int:
-        first = self.next
-        if table.num_rows:
-            self.chunks.append(table)
-            self.starts.append(first)
-            self.next += table.num_rows
-            self.live += table.num_rows
-        return first
-
-    def take(self, ordinals: Sequence[int]) -> pa.Table:
-        if not ordinals:
-            return self.schema.empty_table()
-        ordinals = np.asarray(ordinals, dtype=np.int64)
-        chunk_of = np.searchsorted(np.asarray(self.starts), ordinals, side="right") - 1
-        parts = []
-        order = np.argsort(chunk_of, kind="stable")
-        for c in np.unique(chunk_of):
-            picked = ordinals[chunk_of == c] - self.starts[c]
-            parts.append(self.chunks[c].take(pa.array(picked)))
-        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        return table.take(pa.array(np.argsort(order, kind="stable")))  # back to the asked order
-
-    def release(self, count: int, live_ordinals) -> dict[int, int] | None:
-        """Note ``count`` rows dead; compact when most held rows are dead. Returns old -> new ordinals, if compacted."""
-        self.live -= count
-        held = self.next - (self.starts[0] if self.starts else 0)
-        if held < 4096 or self.live * 2 > held:
-            return None
-        ordinals = sorted(live_ordinals())
-        table = self.take(ordinals)
-        self.chunks, self.starts, self.next, self.live = [], [], 0, 0
-        self.append(table)
-        return {old: new for new, old in enumerate(ordinals)}
-
-
 class FeedbackJoiner:
     """The join state of one consumer's partitions; `add` once per batch, in batch order."""
 
@@ -174,7 +130,7 @@ class FeedbackJoiner:
         self.horizon_ms = round(config.click_horizon_s * 1000)
         self.fnw = config.late_click_policy == "fnw"
         self.entries: dict[str, _Entry] = {}
-        self._rows = _Rows(schema)
+        self._rows = HeldRows(schema)
         self._due: list[tuple[int, int, str]] = []  # (due ts, seq, event id); stale items are skipped
         self._seq = 0
         self.clock = _PartitionClock()  # the impressions' topic
