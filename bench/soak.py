@@ -43,11 +43,13 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.stats import t as t_dist
 
 from stream.broker import EmbeddedBroker, create_topic
 from stream.config import StreamConfig
-from stream.delays import DelayConfig, add_click_times
+from stream.delays import CLICK_TS_COLUMN, DelayConfig, add_click_times
 from stream.feedback_replay import replay_feedback
 from stream.replay import replay
 from stream.synthetic import SyntheticLogConfig, iter_synthetic_log
@@ -345,8 +347,8 @@ class Producer:
                 if self._stop.is_set():
                     return
                 if self._settings.feedback:
-                    chunk = add_click_times(chunk, DelayConfig(seed=self._settings.seed + self.produced))
-                    replay_feedback(chunk, self._stream, progress=False)
+                    replay_feedback(feedback_chunk(chunk, self._settings.seed + self.produced), self._stream,
+                                    progress=False, end_watermark_ms=int(pc.max(chunk.column("ts")).as_py()))
                 else:
                     replay(chunk, self._stream, fmt="arrow", arrow_batch_events=self._settings.batch_events,
                            progress=False)
@@ -358,6 +360,16 @@ class Producer:
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
+
+
+def feedback_chunk(chunk: pa.Table, seed: int) -> pa.Table:
+    """A chunk as a feedback log whose clicks all fall within it: each partition stays in event-time order
+    across chunks (a click from a later time would move the watermark past the next chunk's impressions)."""
+    log = add_click_times(chunk, DelayConfig(seed=seed))
+    click_ts = log.column(CLICK_TS_COLUMN)
+    within = pc.fill_null(pc.less_equal(click_ts, pc.max(chunk.column("ts"))), False)
+    kept = pc.if_else(within, click_ts, pa.scalar(None, pa.int64()))
+    return log.set_column(log.schema.get_field_index(CLICK_TS_COLUMN), CLICK_TS_COLUMN, kept)
 
 
 def fit_growth(samples: list[Sample], total_events: int, warmup_fraction: float, flat_mib_per_m: float) -> Fit:

@@ -40,6 +40,7 @@ from inttower.distributed import (
     merge_offsets,
     partition_share,
     stand_in_batch,
+    step_slices,
 )
 from inttower.errors import UserError
 from inttower.feedback import JoinedFeedback
@@ -432,26 +433,16 @@ class TrainingDaemon:
             self._unrecorded_keys = []
         if self.feedback is not None:
             batch, agreement = self._join(batch, clicks, agreement, dead_letters)
-        rows = batch.events if batch is not None else 0
         if batch is not None:
             self._first_batch_at = self._first_batch_at or time.monotonic()
             if batch.rejects:
                 dead_letters.write(batch.rejects, self.config.stream.topic)
                 self.dead_lettered.update(r.reason for r in batch.rejects)
-        results: dict[str, StepResult] = {}
-        if agreement.total_rows:
-            # A rank without events still steps (weight 0): DDP's all-reduce needs every rank.
-            features = self.encoder.encode(batch.table) if rows else self._stand_in
-            weight = agreement.loss_weight(self.coordinator.rank)
-            fnw = self.feedback.fnw_rows() if rows and self.feedback is not None else None
-            for slot in self.slots:
-                results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows, fnw_rows=fnw)
-            if rows:
-                for observer in self.observers:
-                    observer.on_batch(batch.table, results)
-            if self.digests is not None:
-                self.digests.append(self.slots[0].trainer.steps, [s.trainer.model for s in self.slots])
-            self._last_event = time.monotonic()
+        # One optimizer step per at most max_batch_events rows of every rank: a joiner may
+        # release far more at once (a watermark jump), an Arrow message may hold more.
+        for start, part in step_slices(agreement, self.config.stream.max_batch_events):
+            mine = part.rows[self.coordinator.rank]
+            self._step(batch.table.slice(start, mine) if mine else None, part, start)
         if batch is not None:
             if self.telemetry is not None:
                 self.telemetry.on_consumed(batch)
@@ -459,17 +450,34 @@ class TrainingDaemon:
             self._last_batch_at = time.monotonic()
         self.events += agreement.total_rows
         self._dead_letters_seen += agreement.dead_letters
-        if agreement.total_rows:
-            record = self._step_record(batch.table if rows else None, results)
-            if record is not None:
-                self._record(record)
 
-    def _step_record(self, table: pa.Table | None, results: dict[str, StepResult]) -> StepRecord | None:
+    def _step(self, table: pa.Table | None, agreement: Agreement, start: int) -> None:
+        """One synchronized step over ``table`` (this rank's rows ``start`` ... of the batch; None: a stand-in)."""
+        # A rank without events still steps (weight 0): DDP's all-reduce needs every rank.
+        features = self.encoder.encode(table) if table is not None else self._stand_in
+        weight = agreement.loss_weight(self.coordinator.rank)
+        fnw = None
+        if table is not None and self.feedback is not None:
+            fnw = self.feedback.fnw_rows(start, start + table.num_rows)
+        results: dict[str, StepResult] = {}
+        for slot in self.slots:
+            results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows, fnw_rows=fnw)
+        if table is not None:
+            for observer in self.observers:
+                observer.on_batch(table, results)
+        if self.digests is not None:
+            self.digests.append(self.slots[0].trainer.steps, [s.trainer.model for s in self.slots])
+        self._last_event = time.monotonic()
+        record = self._step_record(table, results, start)
+        if record is not None:
+            self._record(record)
+
+    def _step_record(self, table: pa.Table | None, results: dict[str, StepResult], start: int) -> StepRecord | None:
         """Every rank's events of this step, on rank 0 (None elsewhere)."""
         audit, index = self.config.daemon.audit_log is not None, self.config.index.enabled
         joined = None
         if self.feedback is not None and self.feedback.current is not None and table is not None:
-            joined = self.feedback.record(table, results, audit, index)
+            joined = self.feedback.record(table, results, audit, index, start)
         if self.coordinator.world_size == 1:
             return joined if joined is not None else StepRecord.of_batch(table, results, audit, index)
         if joined is not None:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -142,6 +142,18 @@ class Agreement:
     def from_sum(cls, summed: Sequence[int]) -> Agreement:
         stop, checkpoint, lag, dead_letters = summed[:_VOTE_FIELDS]
         return cls(tuple(int(r) for r in summed[_VOTE_FIELDS:]), bool(stop), bool(checkpoint), int(lag), int(dead_letters))
+
+
+def step_slices(agreement: Agreement, step_rows: int) -> Iterator[tuple[int, Agreement]]:
+    """The steps of one iteration: (row offset, agreement over each rank's slice), at most ``step_rows`` rows a rank.
+
+    Every rank computes the same slices from the agreed rows, so the job stays in lockstep
+    however unevenly its ranks' rows fall.
+    """
+    steps = -(-max(agreement.rows, default=0) // step_rows)
+    for i in range(steps):
+        start = i * step_rows
+        yield start, replace(agreement, rows=tuple(min(max(r - start, 0), step_rows) for r in agreement.rows))
 
 
 class Coordinator(Protocol):

@@ -159,26 +159,29 @@ class JoinedFeedback:
             return replace(batch, table=joined.table), [*click_rejects, *joined.rejects]
         return replace(batch, table=joined.table, rejects=[*batch.rejects, *joined.rejects]), click_rejects
 
-    def fnw_rows(self) -> np.ndarray | None:
-        """Rows trained with the FNW loss (every joined row under ``late_click_policy = "fnw"``)."""
+    def fnw_rows(self, start: int, stop: int) -> np.ndarray | None:
+        """Which of the released rows ``start:stop`` train with the FNW loss (every joined row under "fnw")."""
         if self.current is None or self.config.late_click_policy != "fnw":
             return None
-        return self.current.roles != LABELLED
+        return self.current.roles[start:stop] != LABELLED
 
-    def record(self, table: pa.Table, results: dict[str, StepResult], audit: bool, index: bool) -> StepRecord:
+    def record(self, table: pa.Table, results: dict[str, StepResult], audit: bool, index: bool,
+               start: int = 0) -> StepRecord:
         """The quality meets each impression's final label with its *arrival* prediction, once (no FNW duplicates).
 
-        An audit line is ``event_id<TAB>label``, and ``...<TAB>fnw`` for an FNW duplicate.
+        ``table``: the released rows from ``start`` that one step trained. An audit line is
+        ``event_id<TAB>label``, and ``...<TAB>fnw`` for an FNW duplicate.
         """
-        joined = self.current
-        counted = joined.counted
+        rows = slice(start, start + table.num_rows)
+        roles = self.current.roles[rows]
+        counted = roles != FNW_DUPLICATE
         labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.float32)
-        measured = {name: replace(result, probabilities=joined.scores[name][counted], labels=labels[counted])
+        measured = {name: replace(result, probabilities=self.current.scores[name][rows][counted], labels=labels[counted])
                     for name, result in results.items()}
         ids = None
         if audit:
             ids = [f"{event_id}\t{int(label)}" + ("\tfnw" if role == FNW_DUPLICATE else "")
-                   for event_id, label, role in zip(table.column("event_id").to_pylist(), labels, joined.roles)]
+                   for event_id, label, role in zip(table.column("event_id").to_pylist(), labels, roles)]
         return StepRecord(measured, table.column("ts").to_numpy()[counted], ids, table if index else None)
 
     def bounded_sizes(self) -> dict[str, int]:

@@ -54,12 +54,12 @@ def _topics(broker) -> None:
     create_topic(broker.bootstrap, DEAD_LETTERS, 1)
 
 
-def _run(app: AppConfig, stop: threading.Event | None = None):
+def _run(app: AppConfig, stop: threading.Event | None = None, observers=()):
     stop = stop or threading.Event()
     watchdog = threading.Timer(RUN_TIMEOUT_S, stop.set)
     watchdog.start()
     try:
-        return TrainingDaemon(app, stop).run()
+        return TrainingDaemon(app, stop, observers).run()
     finally:
         watchdog.cancel()
 

@@ -93,9 +93,18 @@ def test_impressions_and_clicks_train_once_with_their_windowed_labels_and_bad_cl
     replay_feedback(rest, stream, progress=False, end_watermark_ms=_end_watermark(table))
 
     expected = _expected(rest, fnw=False) + Counter({f"{first['event_id']}\t1": 1, f"labelled-1\t{labelled['label']}": 1})
-    summary = _run(_app(stream, tmp_path, FeedbackConfig(mode="joined", label_window_s=WINDOW_S, click_horizon_s=HORIZON_S),
-                        stop_after_events=sum(expected.values())))
+    app = _app(stream, tmp_path, FeedbackConfig(mode="joined", label_window_s=WINDOW_S, click_horizon_s=HORIZON_S),
+               stop_after_events=sum(expected.values()))
+    steps: list[int] = []
+
+    class StepSizes:
+        def on_batch(self, table, results):
+            steps.append(table.num_rows)
+
+    summary = _run(app, observers=[StepSizes()])
     assert Counter(TrainedEventLog.read(tmp_path / "trained.txt")) == expected
+    # The closing watermark releases the last window's ~6,000 impressions at once: they train in steps of 128.
+    assert max(steps) == 128 and sum(steps) == sum(expected.values())
     assert summary.dead_lettered == {"unknown_impression": 1, "missing_field": 1}
     assert summary.models["inttower"]["auc"] > 0.5
 

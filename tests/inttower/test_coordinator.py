@@ -220,3 +220,13 @@ def test_two_replicas_stay_identical_and_step_like_one_process_on_their_union(tm
         reference.step(encoder.encode(part))
     for name, value in reference.model.state_dict().items():
         np.testing.assert_allclose(np.array(reports[0]["lr"][name]), value.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_step_slices_cut_every_rank_the_same_way():
+    from inttower.distributed import Agreement, step_slices
+
+    agreement = Agreement(rows=(5, 0, 12), stop=False, checkpoint=False, lag=0)
+    slices = list(step_slices(agreement, 4))
+    assert [(start, part.rows) for start, part in slices] == [(0, (4, 0, 4)), (4, (1, 0, 4)), (8, (0, 0, 4))]
+    assert sum(part.total_rows for _, part in slices) == 17
+    assert list(step_slices(Agreement(rows=(0, 0), stop=False, checkpoint=False, lag=0), 4)) == []
