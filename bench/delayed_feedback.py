@@ -130,7 +130,7 @@ def run_policy(log: pa.Table, policy: str, quantiles: dict[str, float], model: M
         joined = joiner.add(events, {"model": scores}, clicks, max_ts, now=0.0)
         if joined.table.num_rows:
             fnw = (joined.roles != LABELLED) if feedback is not None and feedback.late_click_policy == "fnw" else None
-            trainer.step(encoder.encode(joined.table), fnw_rows=fnw)
+            trainer.step(encoder.encode(joined.table), fnw_rows=fnw, fnw_in_window=joiner.in_window_share)
             trained = np.array([index_of[e] for e in joined.table.column("event_id").to_pylist()])[joined.counted]
             latencies.append((max_ts[0] - ts[trained]) / 1000.0)
     seconds = time.perf_counter() - started

@@ -456,12 +456,13 @@ class TrainingDaemon:
         # A rank without events still steps (weight 0): DDP's all-reduce needs every rank.
         features = self.encoder.encode(table) if table is not None else self._stand_in
         weight = agreement.loss_weight(self.coordinator.rank)
-        fnw = None
+        fnw, in_window = None, 0.0
         if table is not None and self.feedback is not None:
-            fnw = self.feedback.fnw_rows(start, start + table.num_rows)
+            fnw, in_window = self.feedback.fnw_rows(start, start + table.num_rows), self.feedback.fnw_in_window
         results: dict[str, StepResult] = {}
         for slot in self.slots:
-            results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows, fnw_rows=fnw)
+            results[slot.name] = slot.trainer.step(features, weight, agreement.total_rows, fnw_rows=fnw,
+                                                   fnw_in_window=in_window)
         if table is not None:
             for observer in self.observers:
                 observer.on_batch(table, results)

@@ -159,6 +159,10 @@ class JoinedFeedback:
             return replace(batch, table=joined.table), [*click_rejects, *joined.rejects]
         return replace(batch, table=joined.table, rejects=[*batch.rejects, *joined.rejects]), click_rejects
 
+    @property
+    def fnw_in_window(self) -> float:
+        return self.joiner.in_window_share
+
     def fnw_rows(self, start: int, stop: int) -> np.ndarray | None:
         """Which of the released rows ``start:stop`` train with the FNW loss (every joined row under "fnw")."""
         if self.current is None or self.config.late_click_policy != "fnw":

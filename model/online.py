@@ -43,16 +43,23 @@ class StepResult:
     seconds: float
 
 
-def fnw_weights(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fake-negative-weighted loss weights (Ktena et al., RecSys 2019): p is the model's own prediction.
+def fnw_weights(probabilities: torch.Tensor, labels: torch.Tensor, in_window: float = 0.0) -> torch.Tensor:
+    """Fake-negative-weighted loss weights: importance weights back to the true click distribution.
 
-    A stream that trains every impression as a negative and adds a duplicate positive
-    when its click comes sees positives with probability p / (1 + p); weighting positives
-    by (1 + p) and negatives by (1 - p)(1 + p), p held constant, makes the weighted BCE's
-    minimiser the true click probability again.
+    ``p`` is the model's own prediction, held constant. A stream that labels each
+    impression once its window has passed (1 if clicked within it) and adds a duplicate
+    positive for each click after it sees, per impression, 1 + p (1 - q) examples, where
+    q = ``in_window`` is the share of clicks that come within the window: positives with
+    probability p / (1 + p (1 - q)), negatives (1 - p q) / (1 + p (1 - q)). Weighting
+    positives by 1 + p (1 - q) and negatives by (1 - p)(1 + p (1 - q)) / (1 - p q) makes
+    the weighted BCE's minimiser the true click probability again. With no window (q = 0)
+    these are Ktena et al.'s (RecSys 2019) FNW weights, 1 + p and (1 - p)(1 + p); ES-DFM
+    (Yang et al., AAAI 2021) derives the same shape with q from a delay model, here one
+    share for all impressions.
     """
     p = probabilities.detach().float().clamp(0.0, 1.0)
-    return torch.where(labels > 0.5, 1.0 + p, (1.0 - p) * (1.0 + p))
+    extra = 1.0 + p * (1.0 - in_window)
+    return torch.where(labels > 0.5, extra, (1.0 - p) * extra / (1.0 - p * in_window).clamp_min(1e-6))
 
 
 class CIRWindow:
@@ -196,12 +203,13 @@ class OnlineTrainer:
 
     def step(
         self, batch: FeatureBatch, loss_weight: float = 1.0, step_events: int | None = None,
-        fnw_rows: np.ndarray | None = None,
+        fnw_rows: np.ndarray | None = None, fnw_in_window: float = 0.0,
     ) -> StepResult:
         """Score ``batch``, then one optimizer step on its loss times ``loss_weight``.
 
         ``fnw_rows``: a mask of the examples trained with the fake-negative-weighted loss
-        (`fnw_weights`; delayed feedback, `stream.joiner`), their weights computed from
+        (`fnw_weights`, with ``fnw_in_window`` the share of clicks that come within the
+        label window; delayed feedback, `stream.joiner`), their weights computed from
         this step's own predictions; the batch's ``weights`` multiply in.
 
         ``loss_weight = 0`` marks a stand-in batch: a replica with no events of its own
@@ -220,7 +228,7 @@ class OnlineTrainer:
         probabilities = self.predict(batch)
         if fnw_rows is not None and fnw_rows.any():
             mask = torch.as_tensor(fnw_rows, device=self.device)
-            weights = torch.where(mask, fnw_weights(probabilities, batch.labels), torch.ones_like(probabilities))
+            weights = torch.where(mask, fnw_weights(probabilities, batch.labels, fnw_in_window), torch.ones_like(probabilities))
             batch = batch.weighted(weights if batch.weights is None else weights * batch.weights)
         if self.steps == 0:  # a fresh model: start calibrated
             initialized = len(batch) >= 2 and not stand_in

@@ -375,6 +375,12 @@ class FeedbackJoiner:
             for entry in self.entries.values():
                 entry.row = remap[entry.row]
 
+    @property
+    def in_window_share(self) -> float:
+        """The share of joinable clicks that came within the label window, so far (FNW's q; 0 before any click)."""
+        joined, late = self.totals["joined_clicks"], self.totals["late_clicks"]
+        return joined / (joined + late) if joined + late else 0.0
+
     # -- sizes and state ---------------------------------------------------------------
     def bounded_sizes(self) -> dict[str, int]:
         return {"joiner held impressions": len(self.entries), "joiner pending impressions": self.pending,

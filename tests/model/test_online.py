@@ -170,25 +170,28 @@ def test_a_continued_fit_scales_step_size_and_batchnorm_momentum_to_each_steps_e
     assert off.optimizer.param_groups[0]["lr"] == 1e-3
 
 
-@pytest.mark.parametrize("fnw", [False, True])
-def test_fnw_weights_undo_the_fake_negatives_bias(fnw):
-    """Each impression trained as a negative, plus a duplicate positive for the clicked 30%:
-    plain BCE learns p / (1 + p) = 0.23; the FNW weights bring the prediction back to 0.3."""
+@pytest.mark.parametrize(("fnw", "in_window"), [(False, 0.0), (True, 0.0), (True, 0.6)])
+def test_fnw_weights_undo_the_fake_negatives_bias(fnw, in_window):
+    """Each impression labelled once its window passes (positive if clicked within it: a share
+    ``in_window`` of the clicks), plus a duplicate positive for each later click. Plain BCE
+    learns p / (1 + p (1 - q)) (0.23 with no window); the FNW weights bring it back to p = 0.3."""
     torch.manual_seed(0)
     trainer = OnlineTrainer(build_model(replace(SMALL, kind="lr")), TrainConfig(learning_rate=0.05), OnlineConfig())
     encoder = FeatureEncoder(SMALL.features)
     impressions = pa.concat_tables([make_synthetic_like_table(1, seed=5)] * 200)  # one context: a constant to learn
-    clicked = np.random.default_rng(1).random(200) < 0.3
-    negatives = impressions.set_column(impressions.schema.get_field_index("label"), "label",
-                                       pa.array(np.zeros(200, dtype=np.int8)))
-    positives = negatives.filter(pa.array(clicked)).set_column(4, "label", pa.array(np.ones(clicked.sum(), dtype=np.int8)))
-    stream = encoder.encode(pa.concat_tables([negatives, positives]))
+    rng = np.random.default_rng(1)
+    clicked = rng.random(200) < 0.3
+    early = clicked & (rng.random(200) < in_window)  # clicked within the window: labelled 1 at once
+    late = clicked & ~early  # labelled 0, then a duplicate positive
+    label = impressions.schema.get_field_index("label")
+    emitted = impressions.set_column(label, "label", pa.array(early.astype(np.int8)))
+    duplicates = impressions.filter(pa.array(late)).set_column(label, "label", pa.array(np.ones(late.sum(), dtype=np.int8)))
+    stream = encoder.encode(pa.concat_tables([emitted, duplicates]))
     rows = np.ones(len(stream), dtype=bool) if fnw else None
+    q = early.sum() / clicked.sum()
     for _ in range(300):
-        trainer.step(stream, fnw_rows=rows)
+        trainer.step(stream, fnw_rows=rows, fnw_in_window=q if fnw else 0.0)
     mean = float(trainer.predict(encoder.encode(impressions)).mean())
     truth = clicked.mean()
-    if fnw:
-        assert abs(mean - truth) < 0.03
-    else:
-        assert abs(mean - truth / (1 + truth)) < 0.03
+    expected = truth if fnw else truth / (1 + truth * (1 - q))
+    assert abs(mean - expected) < 0.03, (mean, expected)
