@@ -222,10 +222,12 @@ class FeedbackConfig:
     go to the partition number of its impression (same key, same partitioner).
     """
 
+    # The defaults are bench.delayed_feedback's best trade-off (README, "Delayed feedback"):
+    # FNW after a window at about the median click delay.
     mode: Literal["labelled", "joined"] = "labelled"
-    label_window_s: float = field(default=900.0, metadata={"ge": 0.0})
-    late_click_policy: Literal["drop", "fnw"] = "drop"
-    click_horizon_s: float = field(default=86_400.0, metadata={"ge": 0.0})
+    label_window_s: float = field(default=300.0, metadata={"ge": 0.0})
+    late_click_policy: Literal["drop", "fnw"] = "fnw"
+    click_horizon_s: float = field(default=3_600.0, metadata={"ge": 0.0})
     max_pending: int = field(default=1_000_000, metadata={"ge": 1})
     dedup_ids: int = field(default=100_000, metadata={"ge": 0})
     idle_partition_s: float = field(default=30.0, metadata={"gt": 0.0})

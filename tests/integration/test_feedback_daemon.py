@@ -93,7 +93,8 @@ def test_impressions_and_clicks_train_once_with_their_windowed_labels_and_bad_cl
     replay_feedback(rest, stream, progress=False, end_watermark_ms=_end_watermark(table))
 
     expected = _expected(rest, fnw=False) + Counter({f"{first['event_id']}\t1": 1, f"labelled-1\t{labelled['label']}": 1})
-    app = _app(stream, tmp_path, FeedbackConfig(mode="joined", label_window_s=WINDOW_S, click_horizon_s=HORIZON_S),
+    app = _app(stream, tmp_path, FeedbackConfig(mode="joined", label_window_s=WINDOW_S, click_horizon_s=HORIZON_S,
+                                                late_click_policy="drop"),
                stop_after_events=sum(expected.values()))
     steps: list[int] = []
 

@@ -78,7 +78,8 @@ def score_of(event_id: str, model: str) -> float:
 
 
 def config(**changes) -> FeedbackConfig:
-    base = dict(mode="joined", label_window_s=1.0, click_horizon_s=10.0, max_pending=1000, dedup_ids=1000)
+    base = dict(mode="joined", label_window_s=1.0, click_horizon_s=10.0, max_pending=1000, dedup_ids=1000,
+                late_click_policy="drop")
     base.update(changes)
     return FeedbackConfig(**base)
 
