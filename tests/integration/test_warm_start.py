@@ -23,7 +23,8 @@ from stream.replay import replay
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
 from tests.conftest import REPO_ROOT
 from tests.integration.daemon_toml import write_daemon_toml
-from tests.integration.test_daemon import DEAD_LETTERS, RUN_TIMEOUT_S, TOPIC, _daemon, _topics, _wait_for_trained
+from tests.integration.daemon_toml import train_process
+from tests.integration.test_daemon import DEAD_LETTERS, RUN_TIMEOUT_S, TOPIC, _topics, _wait_for_trained
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def test_fit_then_warm_started_daemon_killed_resumes_from_its_own_checkpoint_exa
     assert first_own["steps"] > fit_state["steps"]  # trained on from the fit's step count, not from 0
     assert any(not torch.equal(first_own["model"][k], fit_state["model"][k]) for k in fit_state["model"])
 
-    second = _daemon(config)  # the config alone: init_from is not in it, the daemon's checkpoint decides
+    second = train_process(config)  # the config alone: init_from is not in it, the daemon's checkpoint decides
     out, _ = second.communicate(timeout=RUN_TIMEOUT_S)
     assert second.returncode == 0, out
     assert "restored ckpt-" in out and "warm start" not in out
