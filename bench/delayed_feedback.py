@@ -48,7 +48,7 @@ from model.online import OnlineTrainer
 from monitoring.quality import log_loss, roc_auc
 from stream.config import FeedbackConfig
 from stream.delays import CLICK_TS_COLUMN, DelayConfig, add_click_times, delay_quantiles_s
-from stream.feedback_wire import CLICK_SCHEMA
+from stream.feedback_wire import click_table
 from stream.joiner import LABELLED, FeedbackJoiner
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
 
@@ -95,17 +95,13 @@ def message_batches(log: pa.Table, batch: int, oracle: bool):
                                                                                           clicked.tolist()))))
     else:
         order = [(int(t), 0, i) for i, t in enumerate(ts)]
-    ids = log.column("event_id")
+    ids = log.column("event_id").to_pylist()
     for start in range(0, len(order), batch):
         chunk = order[start:start + batch]
         rows = [i for _, kind, i in chunk if kind == 0]
         clicks = [(when, i) for when, kind, i in chunk if kind == 1]
-        click_table = pa.table({
-            "event_id": ids.take(pa.array([i for _, i in clicks], pa.int64())) if clicks else pa.array([], pa.string()),
-            "ts": pa.array([w for w, _ in clicks], pa.int64()), "kind": pa.nulls(len(clicks), pa.string()),
-            "partition": pa.array(np.zeros(len(clicks), np.int32)), "offset": pa.array(np.zeros(len(clicks), np.int64)),
-        }, schema=CLICK_SCHEMA)
-        yield events.take(pa.array(rows, pa.int64())), np.array(rows, dtype=np.int64), click_table, {0: chunk[-1][0]}
+        clicked = click_table([(ids[i], when, None, 0, 0) for when, i in clicks])
+        yield events.take(pa.array(rows, pa.int64())), np.array(rows, dtype=np.int64), clicked, {0: chunk[-1][0]}
 
 
 def run_policy(log: pa.Table, policy: str, quantiles: dict[str, float], model: ModelConfig, train: TrainConfig,

@@ -144,12 +144,10 @@ class JoinedFeedback:
                             event_partitions=np.zeros(0, dtype=np.int32))
         events = batch.table
         scores = score(events) if events.num_rows else {m: np.zeros(0) for m in self.models}
-        if self.two_topics:
-            clicks = click_batch.clicks if click_batch is not None else None
-            joined = self.joiner.add(events, scores, CLICK_SCHEMA.empty_table() if clicks is None else clicks, batch.max_ts,
-                                     batch.event_partitions, click_max_ts=click_batch.max_ts if click_batch else {})
-        else:
-            joined = self.joiner.add(events, scores, batch.clicks, batch.max_ts, batch.event_partitions)
+        clicks_from = click_batch if self.two_topics else batch
+        clicks = clicks_from.clicks if clicks_from is not None and clicks_from.clicks is not None else None
+        joined = self.joiner.add(events, scores, CLICK_SCHEMA.empty_table() if clicks is None else clicks, batch.max_ts,
+                                 batch.event_partitions, click_max_ts=click_batch.max_ts if click_batch else {})
         click_rejects: list[Reject] = []
         if click_batch is not None:
             self.click_offsets.update(click_batch.next_offsets)

@@ -19,7 +19,7 @@ import pyarrow as pa
 from serving.config import ServingConfig
 
 if TYPE_CHECKING:  # the schema comes from model.features.event_schema; serving reads no stream
-    from stream.events import EventSchema
+    from model.features import EventSchema
 
 SCORE_KEYS = frozenset({"user", "context", "candidates", "allow_unknown"})
 RETRIEVE_KEYS = frozenset({"user", "context", "k"})

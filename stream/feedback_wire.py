@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from stream.codec import decode_messages, is_arrow
 from stream.events import EventSchema
 from stream.wire import (
+    COMPACT_SEPARATORS,
     INT64_MAX,
     INT64_MIN,
     INVALID_ARROW,
@@ -144,25 +145,41 @@ def decode_feedback(
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
     event_partitions = np.concatenate(partitions) if partitions else np.zeros(0, dtype=np.int32)
     rejects.sort(key=lambda r: (r.partition, r.offset))
-    click_table = pa.Table.from_pylist(
-        [dict(zip(CLICK_SCHEMA.names, c)) for c in clicks], schema=CLICK_SCHEMA,
-    ) if clicks else CLICK_SCHEMA.empty_table()
-    return FeedbackDecoded(table, event_partitions, click_table, rejects, max_ts, counts)
+    return FeedbackDecoded(table, event_partitions, click_table(clicks), rejects, max_ts, counts)
+
+
+def click_table(clicks: Sequence[tuple[str, int, str | None, int, int]]) -> pa.Table:
+    """Clicks as (impression event_id, ts, kind, partition, offset) tuples -> a `CLICK_SCHEMA` table."""
+    columns = list(zip(*clicks)) if clicks else [()] * len(CLICK_SCHEMA)
+    return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, CLICK_SCHEMA)], schema=CLICK_SCHEMA)
+
+
+def _problem_reason(problem: str) -> str:
+    return MISSING_FIELD if problem.startswith("missing") else WRONG_TYPE
 
 
 def _click_detail(problem: str, message: RawMessage) -> Reject:
-    return Reject(MISSING_FIELD if problem.startswith("missing") else WRONG_TYPE,
-                  message.partition, message.offset, message.value, problem)
+    return Reject(_problem_reason(problem), message.partition, message.offset, message.value, problem)
+
+
+_NOT_JSON = object()
+
+
+def _parse_json(message: RawMessage, rejects: list[Reject]) -> Any:
+    """The message's JSON value, or `_NOT_JSON` (an ``invalid_json`` reject is added)."""
+    try:
+        return json.loads(message.value)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        rejects.append(Reject(INVALID_JSON, message.partition, message.offset, message.value, f"not valid JSON: {exc}"))
+        return _NOT_JSON
 
 
 def _clicks_of(message: RawMessage, rejects: list[Reject]) -> list[tuple[str, int, str | None, int, int]]:
     """The valid clicks of one click message (JSON: one; Arrow: one per row)."""
     if is_arrow(message):
         return _arrow_clicks(message, rejects)
-    try:
-        body = json.loads(message.value)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        rejects.append(Reject(INVALID_JSON, message.partition, message.offset, message.value, f"not valid JSON: {exc}"))
+    body = _parse_json(message, rejects)
+    if body is _NOT_JSON:
         return []
     if type(body) is not dict:
         rejects.append(Reject(INVALID_JSON, message.partition, message.offset, message.value, "a click must be a JSON object"))
@@ -208,16 +225,14 @@ def _arrow_clicks(message: RawMessage, rejects: list[Reject]) -> list[tuple[str,
             out.append((event_id, ts, kind, message.partition, message.offset))
         else:
             payload = json.dumps({"event_id": event_id, "ts": ts, "kind": kind}, default=str).encode()
-            rejects.append(Reject(MISSING_FIELD if problem.startswith("missing") else WRONG_TYPE,
-                                  message.partition, message.offset, payload, f"row {row}: {problem}"))
+            rejects.append(Reject(_problem_reason(problem), message.partition, message.offset, payload,
+                                  f"row {row}: {problem}"))
     return out
 
 
 def _watermark_of(message: RawMessage, rejects: list[Reject]) -> int | None:
-    try:
-        body = json.loads(message.value)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        rejects.append(Reject(INVALID_JSON, message.partition, message.offset, message.value, f"not valid JSON: {exc}"))
+    body = _parse_json(message, rejects)
+    if body is _NOT_JSON:
         return None
     ts = body.get("ts") if type(body) is dict else None
     if type(ts) is not int or not INT64_MIN <= ts <= INT64_MAX:
@@ -231,14 +246,14 @@ def encode_click(event_id: str, ts: int, kind: str | None = None) -> bytes:
     body: dict[str, Any] = {"type": CLICK_TYPE, "event_id": event_id, "ts": ts}
     if kind is not None:
         body["kind"] = kind
-    return json.dumps(body, separators=(",", ":")).encode()
+    return json.dumps(body, separators=COMPACT_SEPARATORS).encode()
 
 
 def encode_watermark(ts: int) -> bytes:
-    return json.dumps({"type": WATERMARK_TYPE, "ts": ts}, separators=(",", ":")).encode()
+    return json.dumps({"type": WATERMARK_TYPE, "ts": ts}, separators=COMPACT_SEPARATORS).encode()
 
 
 __all__ = [
     "CLICK_SCHEMA", "CLICK_TYPE", "FeedbackDecoded", "TYPE_HEADER", "WATERMARK_TYPE",
-    "decode_feedback", "encode_click", "encode_watermark", "message_type",
+    "click_table", "decode_feedback", "encode_click", "encode_watermark", "message_type",
 ]

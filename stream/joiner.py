@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 from stream.config import FeedbackConfig
 from stream.dedup import RecentIds
 from stream.held_rows import HeldRows
+from stream.waiting_clicks import WaitingClicks
 from stream.wire import Reject
 
 #: Roles of emitted rows (the trainer weights by them, the quality counts all but duplicates).
@@ -59,12 +60,6 @@ UNKNOWN_IMPRESSION = "unknown_impression"
 EXPIRED_IMPRESSION = "expired_impression"
 CLICK_BEFORE_IMPRESSION = "click_before_impression"
 CLICK_REJECT_REASONS = (UNKNOWN_IMPRESSION, EXPIRED_IMPRESSION, CLICK_BEFORE_IMPRESSION)
-#: Outcome counters (`Joined.counts`, Prometheus label values).
-COUNTERS = (
-    "impressions", "labelled", "joined_clicks", "late_clicks", "late_clicks_dropped", "fnw_duplicates",
-    "orphan_clicks", "duplicate_impressions", "duplicate_events", "duplicate_clicks", "emitted_early", "forgotten",
-    "clicks_forced",
-)
 _STATE_COLUMNS = ("__ts", "__seq", "__clicked", "__late", "__emitted", "__duplicated", "__ordinal", "__partition")
 _NO_TS = -(2**63)
 
@@ -139,18 +134,13 @@ class FeedbackJoiner:
         # before its impression when the two topics are consumed side by side).
         self.two_topics = bool(config.clicks_topic)
         self.click_clock = _PartitionClock()
-        self._waiting_clicks: dict[int, list[tuple[int, int, str, str | None, int]]] = {}
-        self._click_seq = 0
+        self.waiting_clicks = WaitingClicks()
         self.recent = RecentIds(config.dedup_ids)
         self.pending = 0  # entries not emitted yet
         self._released = 0  # rows of forgotten entries, released at the end of the batch
         self.totals: Counter[str] = Counter()
 
     # -- the watermark -----------------------------------------------------------------
-    @property
-    def partition_ts(self) -> dict[int, int]:
-        return self.clock.ts
-
     def watermark(self, now: float | None = None) -> int | None:
         """The smallest latest-event-time over partitions not idle (of both topics); None before any event."""
         now = time.monotonic() if now is None else now
@@ -180,11 +170,10 @@ class FeedbackJoiner:
         now = time.monotonic() if now is None else now
         counts: Counter[str] = Counter()
         out = _Emission(self)
-        fresh = self._first_seen(events, counts)
-        labels = events.column("label")
-        is_labelled = pc.fill_null(pc.is_valid(labels), False).to_numpy(zero_copy_only=False)
-        labelled = np.flatnonzero(is_labelled & fresh)
-        impressions = np.flatnonzero(~is_labelled & fresh)
+        is_impression = events.column("label").is_null().to_numpy(zero_copy_only=False)
+        fresh = self._first_seen(events, is_impression, counts)
+        labelled = np.flatnonzero(~is_impression & fresh)
+        impressions = np.flatnonzero(is_impression & fresh)
         if len(labelled):
             out.add_rows(events.take(pa.array(labelled)), LABELLED, {m: scores[m][labelled] for m in self.models})
             counts["labelled"] += len(labelled)
@@ -198,8 +187,11 @@ class FeedbackJoiner:
                     self.click_clock.ts[partition] = _NO_TS
                     self.click_clock.seen[partition] = now
             self.click_clock.observe(click_max_ts or {}, now)
-            self._wait(clicks)
-            clicks = self._due_clicks(now, counts)
+            self.waiting_clicks.push_table(clicks)
+            idle_s = self.config.idle_partition_s
+            clicks, forced = self.waiting_clicks.due(lambda p: self.clock.ts.get(p, _NO_TS),
+                                                     lambda p: self.clock.idle(p, now, idle_s), self.config.max_pending)
+            counts["clicks_forced"] += forced
         rejects = self._join(clicks, counts, out)
         self._release(self.watermark(now), counts, out)
         self.totals.update(counts)
@@ -207,12 +199,8 @@ class FeedbackJoiner:
         self._release_rows()  # only now: the emission above read the rows it releases
         return joined
 
-    def _first_seen(self, events: pa.Table, counts: Counter[str]) -> np.ndarray:
+    def _first_seen(self, events: pa.Table, is_impression: np.ndarray, counts: Counter[str]) -> np.ndarray:
         """Mask of rows whose event id was not seen within the duplicate window (nor held)."""
-        n = events.num_rows
-        fresh = np.ones(n, dtype=bool)
-        if n == 0:
-            return fresh
         keys = RecentIds.keys(events.column("event_id"))
         fresh = self.recent.fresh(keys)
         held = self.entries
@@ -220,9 +208,8 @@ class FeedbackJoiner:
             if fresh[i] and event_id in held:  # held beyond the duplicate window
                 fresh[i] = False
         self.recent.record([k for k, f in zip(keys, fresh) if f])
-        impression = events.column("label").is_null().to_numpy(zero_copy_only=False)
-        counts["duplicate_impressions"] += int((~fresh & impression).sum())
-        counts["duplicate_events"] += int((~fresh & ~impression).sum())
+        counts["duplicate_impressions"] += int((~fresh & is_impression).sum())
+        counts["duplicate_events"] += int((~fresh & ~is_impression).sum())
         return fresh
 
     def _hold(self, events: pa.Table, rows: np.ndarray, scores: dict[str, np.ndarray], partitions: np.ndarray,
@@ -245,42 +232,6 @@ class FeedbackJoiner:
                 self._evict_one(counts, out)
         counts["impressions"] += len(rows)
 
-    def _wait(self, clicks: pa.Table) -> None:
-        """Two topics: queue the clicks by partition, in event-time order."""
-        if clicks.num_rows == 0:
-            return
-        columns = [clicks.column(c).to_pylist() for c in ("event_id", "ts", "kind", "partition", "offset")]
-        for event_id, ts, kind, partition, offset in zip(*columns):
-            heapq.heappush(self._waiting_clicks.setdefault(partition, []), (ts, self._click_seq, event_id, kind, offset))
-            self._click_seq += 1
-
-    def _due_clicks(self, now: float, counts: Counter[str]) -> pa.Table:
-        """The waiting clicks whose partition's impressions have passed their time (or gone idle), oldest first.
-
-        Over ``max_pending`` waiting clicks, the oldest go now (counted as ``clicks_forced``).
-        """
-        due: list[tuple[int, int, str, str | None, int, int]] = []
-        idle_s = self.config.idle_partition_s
-        for partition, waiting in self._waiting_clicks.items():
-            passed = self.clock.ts.get(partition, _NO_TS)
-            idle = self.clock.idle(partition, now, idle_s)
-            while waiting and (waiting[0][0] < passed or idle):
-                ts, seq, event_id, kind, offset = heapq.heappop(waiting)
-                due.append((ts, seq, event_id, kind, partition, offset))
-        waiting_total = sum(len(w) for w in self._waiting_clicks.values())
-        while waiting_total > self.config.max_pending:
-            partition = min((w[0][0], p) for p, w in self._waiting_clicks.items() if w)[1]
-            ts, seq, event_id, kind, offset = heapq.heappop(self._waiting_clicks[partition])
-            due.append((ts, seq, event_id, kind, partition, offset))
-            counts["clicks_forced"] += 1
-            waiting_total -= 1
-        due.sort()
-        return pa.table({
-            "event_id": pa.array([d[2] for d in due], pa.string()), "ts": pa.array([d[0] for d in due], pa.int64()),
-            "kind": pa.array([d[3] for d in due], pa.string()), "partition": pa.array([d[4] for d in due], pa.int32()),
-            "offset": pa.array([d[5] for d in due], pa.int64()),
-        })
-
     def _join(self, clicks: pa.Table, counts: Counter[str], out: _Emission) -> list[Reject]:
         rejects: list[Reject] = []
         if clicks.num_rows == 0:
@@ -295,15 +246,13 @@ class FeedbackJoiner:
                 elif self.fnw:  # fnw holds an impression until its horizon: this one is past it (or was forgotten)
                     reason = EXPIRED_IMPRESSION
                 else:  # "drop" lets an impression go once labelled: a click for it now is late
-                    counts["late_clicks"] += 1
-                    counts["late_clicks_dropped"] += 1
+                    _count_dropped(counts)
                     continue
             elif ts < entry.ts:
                 reason = CLICK_BEFORE_IMPRESSION
             elif ts - entry.ts > self.horizon_ms:
                 if not self.fnw:  # as if its impression had gone already: late, dropped
-                    counts["late_clicks"] += 1
-                    counts["late_clicks_dropped"] += 1
+                    _count_dropped(counts)
                     continue
                 reason = EXPIRED_IMPRESSION
             if reason is not None:
@@ -385,7 +334,7 @@ class FeedbackJoiner:
     def bounded_sizes(self) -> dict[str, int]:
         return {"joiner held impressions": len(self.entries), "joiner pending impressions": self.pending,
                 "joiner duplicate-window ids": len(self.recent),
-                "joiner waiting clicks": sum(len(w) for w in self._waiting_clicks.values())}
+                "joiner waiting clicks": len(self.waiting_clicks)}
 
     def state_bytes(self) -> bytes:
         """The whole join state as one Arrow IPC stream (rows + flags; the rest in the schema metadata)."""
@@ -409,7 +358,7 @@ class FeedbackJoiner:
             "seq": self._seq,
             "partition_ts": {str(p): ts for p, ts in self.clock.ts.items()},
             "click_partition_ts": {str(p): ts for p, ts in self.click_clock.ts.items()},
-            "waiting_clicks": [[p, *click] for p, waiting in self._waiting_clicks.items() for click in waiting],
+            "waiting_clicks": self.waiting_clicks.state(),
             "recent": self.recent.state(),
             "totals": dict(self.totals),
             "due": [[d, s, e] for d, s, e in self._due if e in self.entries and self.entries[e].seq == s],
@@ -463,10 +412,7 @@ class FeedbackJoiner:
                 for p, ts in meta.get(key, {}).items():
                     if keep is None or int(p) in keep:
                         clock.ts[int(p)] = max(int(ts), clock.ts.get(int(p), _NO_TS))
-            for p, ts, _, event_id, kind, offset in meta.get("waiting_clicks", []):
-                if keep is None or p in keep:
-                    heapq.heappush(joiner._waiting_clicks.setdefault(p, []), (ts, joiner._click_seq, event_id, kind, offset))
-                    joiner._click_seq += 1
+            joiner.waiting_clicks.restore(meta.get("waiting_clicks", []), keep)
             recent += [int(k) for k in meta["recent"]]
             if keep is None:  # a rank's share starts its own counts
                 joiner.totals.update({str(k): int(v) for k, v in meta["totals"].items()})
@@ -474,6 +420,11 @@ class FeedbackJoiner:
         heapq.heapify(joiner._due)
         joiner.recent = RecentIds(config.dedup_ids, recent[-config.dedup_ids:] if config.dedup_ids else ())
         return joiner
+
+
+def _count_dropped(counts: Counter[str]) -> None:
+    counts["late_clicks"] += 1
+    counts["late_clicks_dropped"] += 1
 
 
 class _Emission:
