@@ -36,6 +36,7 @@ IPC stream, so the daemon checkpoints it atomically with the offsets it covers.
 
 from __future__ import annotations
 
+import base64
 import heapq
 import json
 import time
@@ -60,7 +61,7 @@ UNKNOWN_IMPRESSION = "unknown_impression"
 EXPIRED_IMPRESSION = "expired_impression"
 CLICK_BEFORE_IMPRESSION = "click_before_impression"
 CLICK_REJECT_REASONS = (UNKNOWN_IMPRESSION, EXPIRED_IMPRESSION, CLICK_BEFORE_IMPRESSION)
-_STATE_COLUMNS = ("__ts", "__seq", "__clicked", "__late", "__emitted", "__duplicated", "__ordinal", "__partition")
+_STATE_COLUMNS = ("__ts", "__seq", "__clicked", "__late", "__emitted", "__duplicated", "__partition")
 _NO_TS = -(2**63)
 
 
@@ -227,7 +228,7 @@ class FeedbackJoiner:
             self._seq += 1
             self.entries[event_id] = entry
             self.pending += 1
-            heapq.heappush(self._due, (entry.ts + self.window_ms, entry.seq, event_id))
+            heapq.heappush(self._due, (self._due_of(entry), entry.seq, event_id))
             if len(self.entries) > self.config.max_pending:
                 self._evict_one(counts, out)
         counts["impressions"] += len(rows)
@@ -305,7 +306,7 @@ class FeedbackJoiner:
                 counts["emitted_early"] += 1
             if self.fnw and entry.late and not entry.duplicated:
                 self._duplicate(event_id, entry, counts, out)
-            keep_until = entry.ts + self.horizon_ms
+            keep_until = self._due_of(entry)  # emitted: its horizon
             if self.fnw and not entry.duplicated and keep_until > due and not early:
                 heapq.heappush(self._due, (keep_until, seq, event_id))  # a late click may still come
                 return
@@ -337,37 +338,48 @@ class FeedbackJoiner:
                 "joiner waiting clicks": len(self.waiting_clicks)}
 
     def state_bytes(self) -> bytes:
-        """The whole join state as one Arrow IPC stream (rows + flags; the rest in the schema metadata)."""
-        items = sorted(self.entries.items(), key=lambda kv: kv[1].seq)
-        rows = self._rows.take([e.row for _, e in items])
+        """The whole join state as one Arrow IPC stream (rows + flags; the rest in the schema metadata).
+
+        Built column by column from the entries in place: a checkpoint of a full joiner makes
+        no Python object per entry (a tuple or list each, 30 s apart, is what fragmented
+        CPython's small-object arenas and grew the daemon's RSS between checkpoints). The due
+        times are not stored: each follows from its entry (`_due_of`).
+        """
+        entries = list(self.entries.values())
+        count = len(entries)
+        seq = np.fromiter((e.seq for e in entries), np.int64, count)
+        order = pa.array(np.argsort(seq, kind="stable"))
+        rows = self._rows.take(np.fromiter((e.row for e in entries), np.int64, count)).take(order)
         flags = {
-            "__ts": pa.array([e.ts for _, e in items], pa.int64()),
-            "__seq": pa.array([e.seq for _, e in items], pa.int64()),
-            "__clicked": pa.array([e.clicked for _, e in items], pa.bool_()),
-            "__late": pa.array([e.late for _, e in items], pa.bool_()),
-            "__emitted": pa.array([e.emitted for _, e in items], pa.bool_()),
-            "__duplicated": pa.array([e.duplicated for _, e in items], pa.bool_()),
-            "__ordinal": pa.array(range(len(items)), pa.int64()),
-            "__partition": pa.array([e.partition for _, e in items], pa.int32()),
+            "__ts": pa.array(np.fromiter((e.ts for e in entries), np.int64, count)),
+            "__seq": pa.array(seq),
+            "__clicked": pa.array(np.fromiter((e.clicked for e in entries), np.bool_, count)),
+            "__late": pa.array(np.fromiter((e.late for e in entries), np.bool_, count)),
+            "__emitted": pa.array(np.fromiter((e.emitted for e in entries), np.bool_, count)),
+            "__duplicated": pa.array(np.fromiter((e.duplicated for e in entries), np.bool_, count)),
+            "__partition": pa.array(np.fromiter((e.partition for e in entries), np.int32, count)),
         }
         for i, model in enumerate(self.models):
-            flags[f"__score_{model}"] = pa.array([e.scores[i] for _, e in items], pa.float64())
+            flags[f"__score_{model}"] = pa.array(np.fromiter((e.scores[i] for e in entries), np.float64, count))
         for name, values in flags.items():
-            rows = rows.append_column(name, values)
+            rows = rows.append_column(name, values.take(order))
         meta = {
             "seq": self._seq,
             "partition_ts": {str(p): ts for p, ts in self.clock.ts.items()},
             "click_partition_ts": {str(p): ts for p, ts in self.click_clock.ts.items()},
             "waiting_clicks": self.waiting_clicks.state(),
-            "recent": self.recent.state(),
+            "recent": base64.b64encode(self.recent.state_bytes()).decode(),
             "totals": dict(self.totals),
-            "due": [[d, s, e] for d, s, e in self._due if e in self.entries and self.entries[e].seq == s],
         }
         rows = rows.replace_schema_metadata({b"inttower.joiner": json.dumps(meta).encode()})
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, rows.schema) as writer:
             writer.write_table(rows)
         return sink.getvalue().to_pybytes()
+
+    def _due_of(self, entry: _Entry) -> int:
+        """When the watermark next acts on a held entry: its window's end, or once emitted its horizon's."""
+        return entry.ts + (self.horizon_ms if entry.emitted else self.window_ms)
 
     @classmethod
     def from_state(cls, data: bytes, config: FeedbackConfig, schema: pa.Schema, models: Sequence[str]) -> FeedbackJoiner:
@@ -386,8 +398,7 @@ class FeedbackJoiner:
         """
         joiner = cls(config, schema, models)
         keep = None if partitions is None else set(partitions)
-        due: list[tuple[int, int, str]] = []
-        recent: list[int] = []
+        recent: list[bytes] = []
         for data in states:
             table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
             meta = json.loads(table.schema.metadata[b"inttower.joiner"])
@@ -406,19 +417,18 @@ class FeedbackJoiner:
                                columns["__duplicated"][i])
                 joiner.entries[event_id] = entry
                 joiner.pending += not entry.emitted
-            due += [(int(d), int(s), str(e)) for d, s, e in meta["due"]]
             joiner._seq = max(joiner._seq, int(meta["seq"]))
             for clock, key in ((joiner.clock, "partition_ts"), (joiner.click_clock, "click_partition_ts")):
                 for p, ts in meta.get(key, {}).items():
                     if keep is None or int(p) in keep:
                         clock.ts[int(p)] = max(int(ts), clock.ts.get(int(p), _NO_TS))
             joiner.waiting_clicks.restore(meta.get("waiting_clicks", []), keep)
-            recent += [int(k) for k in meta["recent"]]
+            recent.append(base64.b64decode(meta["recent"]))
             if keep is None:  # a rank's share starts its own counts
                 joiner.totals.update({str(k): int(v) for k, v in meta["totals"].items()})
-        joiner._due = [item for item in due if item[2] in joiner.entries and joiner.entries[item[2]].seq == item[1]]
+        joiner._due = [(joiner._due_of(e), e.seq, event_id) for event_id, e in joiner.entries.items()]
         heapq.heapify(joiner._due)
-        joiner.recent = RecentIds(config.dedup_ids, recent[-config.dedup_ids:] if config.dedup_ids else ())
+        joiner.recent = RecentIds.from_states(config.dedup_ids, recent)
         return joiner
 
 
