@@ -3,8 +3,9 @@
 `score` runs the user side once and applies the model's own scorer to the candidates'
 stored vectors: FE-Block sum-of-max for IntTower, the inner product for Two-Tower — the
 paper's O(N + kM) serving shape. `retrieve` is multi-vector retrieval as ColBERT does
-late interaction: every user head searches all item heads, the union of the hits is
-re-scored exactly. Every result names the index version it read.
+late interaction, exactly: a blocked sum-of-max scan of a flat index
+(`index_sync.retrieval`), or per-head candidates re-scored exactly for other index
+kinds. Every result names the index version it read.
 
 Ids are the caller's: `score` takes candidate ids as strings or integers (mapped to index
 ids by `stream.ids.to_index_ids`, as the decoders map the stream's ids) and returns them
@@ -21,7 +22,8 @@ import pyarrow as pa
 import torch
 
 from index_sync.keys import ItemKeys
-from index_sync.version import IndexVersion, items_of
+from index_sync.retrieval import exact_top_k, per_head_candidates
+from index_sync.version import IndexVersion
 from model.base import PreRanker
 from model.features import FeatureEncoder
 from stream.ids import to_index_ids
@@ -97,16 +99,23 @@ class Reader:
 
     @torch.no_grad()
     def retrieve(self, user_features: pa.Table, k: int) -> Retrieved:
-        """Top-k items of the whole index for one user: per-head search, union, exact re-score."""
+        """Top-k items of the whole index for one user by the model's own score.
+
+        A flat index (the default) is scanned exactly (`index_sync.retrieval.exact_top_k`);
+        another kind goes through per-head candidates re-scored exactly. The scale, bias
+        and sigmoid are applied to the k found.
+        """
         snapshot = self._snapshot()
         version = snapshot.version
         user = self._user(snapshot.model, user_features)  # (1, L, H_u, p)
         queries = np.ascontiguousarray(user.reshape(-1, version.dim).numpy(), dtype=np.float32)
-        hits = min(version.item_count * version.heads, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
-        if hits == 0:
+        if version.item_count == 0 or k <= 0:
             return Retrieved(version.version, [], np.zeros(0), np.zeros(0, np.int64))
-        rows = version.search(queries, hits)
-        candidates = np.unique(items_of(rows[rows >= 0], version.heads))
+        exact = exact_top_k(version, queries, k)
+        if exact is not None:
+            candidates = exact.item_ids
+        else:
+            candidates = per_head_candidates(version, queries, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
         vectors, _ = version.vectors(candidates)
         logits = snapshot.model.score(user, torch.from_numpy(vectors)).numpy()
         order = np.argsort(-logits, kind="stable")[:k]

@@ -446,3 +446,11 @@ def planted_click_probability(config: SyntheticLogConfig) -> np.ndarray:
     world = _World(config)
     parts = [block.probability for block in _iter_blocks(world)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+
+
+def synthetic_items(config: SyntheticLogConfig) -> pa.Table:
+    """Every item of the stream's world (``item_id`` and the ``item`` struct), seen in the log or not:
+    a catalogue to index (bench.retrieval), of ``config.total_items`` rows."""
+    world = _World(config)
+    return pa.table({"item_id": pa.array(np.arange(FIRST_ID, FIRST_ID + len(world.item_category)), pa.int64()),
+                     "item": world.item_struct})

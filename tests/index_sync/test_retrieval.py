@@ -1,0 +1,95 @@
+"""The blocked sum-of-max scan finds the exact top-k of every layout; other index kinds fall back."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from index_sync.index import LiveIndex
+from index_sync.retrieval import exact_scan, exact_top_k, flat_rows, per_head_candidates
+from index_sync.version import IndexVersion, head_ids
+from model.inttower import sum_of_max
+
+HEADS, DIM, QUERIES = 4, 8, 6
+
+
+def _vectors(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, HEADS, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=2, keepdims=True)
+
+
+def _brute_force(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+    """The model's own scorer over every item: the reference the scan must match."""
+    user = torch.from_numpy(queries).view(1, 1, QUERIES, DIM)
+    scores = sum_of_max(user, torch.from_numpy(vectors)).numpy()
+    return ids[np.argsort(-scores, kind="stable")[:k]]
+
+
+@pytest.mark.parametrize("chunk_items", [7, 64, 10_000])
+def test_the_scan_matches_the_models_scorer_whatever_the_chunk(chunk_items: int) -> None:
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.arange(10, 1010, dtype=np.int64))  # not in id order in the index
+    vectors = _vectors(rng, ids.size)
+    version = LiveIndex(HEADS, DIM).publish_full(ids, vectors)
+    rows = flat_rows(version.index, HEADS)
+    assert rows is not None
+    for _ in range(5):
+        queries = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
+        found = exact_scan(rows, torch.from_numpy(queries), HEADS, 25, chunk_items=chunk_items)
+        np.testing.assert_array_equal(found.item_ids, _brute_force(queries, ids, vectors, 25))
+        assert np.all(np.diff(found.scores) <= 0)
+
+
+def test_base_plus_delta_hides_replaced_and_removed_items_and_finds_the_delta() -> None:
+    rng = np.random.default_rng(1)
+    live = LiveIndex(HEADS, DIM, layout="delta", delta_merge_fraction=0.9)
+    ids = np.arange(1, 501, dtype=np.int64)
+    vectors = _vectors(rng, ids.size)
+    live.publish_full(ids, vectors)
+    changed = np.arange(1, 40, dtype=np.int64)  # re-encoded: the delta holds their new vectors
+    removed = np.arange(400, 450, dtype=np.int64)
+    new_vectors = _vectors(rng, changed.size)
+    version = live.publish_update(changed, new_vectors, removed_ids=removed)
+    assert version.delta is not None and version.masked.size  # the layout under test
+    current = dict(zip(ids.tolist(), vectors))
+    current.update(zip(changed.tolist(), new_vectors))
+    for item in removed.tolist():
+        del current[item]
+    visible = np.array(sorted(current), dtype=np.int64)
+    stacked = np.stack([current[i] for i in visible.tolist()])
+    for _ in range(5):
+        queries = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
+        found = exact_top_k(version, queries, 30)
+        np.testing.assert_array_equal(found.item_ids, _brute_force(queries, visible, stacked, 30))
+
+
+def test_k_beyond_the_catalogue_returns_every_item_once() -> None:
+    rng = np.random.default_rng(2)
+    ids = np.arange(1, 13, dtype=np.int64)
+    version = LiveIndex(HEADS, DIM).publish_full(ids, _vectors(rng, ids.size))
+    found = exact_top_k(version, rng.standard_normal((QUERIES, DIM)).astype(np.float32), 100)
+    assert sorted(found.item_ids.tolist()) == ids.tolist()
+
+
+def test_an_index_that_keeps_no_flat_matrix_falls_back_to_per_head_candidates() -> None:
+    rng = np.random.default_rng(3)
+    ids = np.arange(1, 301, dtype=np.int64)
+    vectors = _vectors(rng, ids.size).reshape(-1, DIM)
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(DIM, 8, faiss.METRIC_INNER_PRODUCT))
+    hnsw.add_with_ids(vectors, head_ids(ids, HEADS))
+    version = IndexVersion(1, hnsw, HEADS, DIM, base_items=ids)
+    queries = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
+    assert exact_top_k(version, queries, 10) is None
+    candidates = per_head_candidates(version, queries, 20)
+    assert 0 < candidates.size <= QUERIES * 20 and np.isin(candidates, ids).all()
+
+
+def test_rows_not_grouped_by_item_are_not_scanned() -> None:
+    """A flat index whose head rows are interleaved across items cannot be read as (items, H, p)."""
+    rng = np.random.default_rng(4)
+    ids = np.arange(1, 11, dtype=np.int64)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    index.add_with_ids(_vectors(rng, ids.size).reshape(-1, DIM), head_ids(ids, HEADS)[::-1].copy())
+    assert flat_rows(index, HEADS) is None
