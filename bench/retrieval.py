@@ -39,7 +39,8 @@ import pyarrow as pa
 import torch
 
 from index_sync.index import LiveIndex
-from index_sync.retrieval import exact_top_k, flat_rows, per_head_candidates
+from index_sync.flat_rows import flat_rows
+from index_sync.retrieval import exact_top_k, per_head_candidates
 from index_sync.version import IndexVersion, head_ids
 from model.build import build_model
 from model.config import ModelConfig, OnlineConfig, TrainConfig

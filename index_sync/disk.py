@@ -220,7 +220,7 @@ def _read_verified(path: Path, manifest: Manifest, verify: bool, mmap: bool) -> 
         dim=manifest.dim,
         checkpoint=manifest.checkpoint,
         created_at=manifest.created_at,
-    )
+    ).warm()
 
 
 class _ManifestMoved(Exception):

@@ -115,7 +115,7 @@ class LiveIndex:
             return self._swap(index, checkpoint, base_items=np.unique(item_ids))
 
     def _swap(self, index: faiss.Index, checkpoint: str | None, **layout) -> IndexVersion:
-        version = IndexVersion(self._next_number(), index, self.heads, self.dim, checkpoint, **layout)
+        version = IndexVersion(self._next_number(), index, self.heads, self.dim, checkpoint, **layout).warm()
         self._current = version  # the one reference swap readers observe
         for callback in self.on_publish:
             callback(version)

@@ -20,13 +20,11 @@ case Q = H = 1: the inner product). Two ways to its top k:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
-import weakref
 
-import faiss
 import numpy as np
 import torch
 
+from index_sync.flat_rows import FlatRows, flat_rows
 from index_sync.version import IndexVersion, items_of
 
 #: Items per chunk of the exact scan: the (Q, chunk * H) similarities stay in cache.
@@ -39,58 +37,7 @@ class TopK:
     scores: np.ndarray  # float32: the sum of maxima (before the model's scale and bias)
 
 
-class FlatRows:
-    """A flat index's stored rows as one (rows, p) tensor (zero-copy) and the item of each H-row group."""
-
-    def __init__(self, vectors: torch.Tensor, item_ids: np.ndarray) -> None:
-        self.vectors = vectors
-        self.item_ids = item_ids
-
-    @cached_property
-    def _by_id(self) -> tuple[np.ndarray, np.ndarray]:
-        order = np.argsort(self.item_ids, kind="stable")
-        return self.item_ids[order], order
-
-    def positions(self, item_ids: np.ndarray) -> np.ndarray:
-        """Where these items' groups are (items not stored are left out): O(q log n) once sorted."""
-        sorted_ids, order = self._by_id
-        if sorted_ids.size == 0 or item_ids.size == 0:
-            return np.zeros(0, np.int64)
-        at = np.minimum(np.searchsorted(sorted_ids, item_ids), sorted_ids.size - 1)
-        return order[at[sorted_ids[at] == item_ids]]
-
-
-def flat_rows(index: faiss.Index, heads: int) -> FlatRows | None:
-    """Zero-copy view of a flat index's stored rows, grouped item-major; None if it is not flat
-    or its rows are not H consecutive heads per item (then only `per_head` can search it).
-
-    Computed once per index object (versions share their base, and a published index is
-    never mutated), and forgotten with it.
-    """
-    cached = _FLAT_ROWS.setdefault(index, {})
-    if heads not in cached:
-        cached[heads] = _flat_rows(index, heads)
-    return cached[heads]
-
-
-_FLAT_ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _flat_rows(index: faiss.Index, heads: int) -> FlatRows | None:
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-    if not isinstance(inner, faiss.IndexFlat) or inner.ntotal % heads:
-        return None
-    rows, dim = inner.ntotal, inner.d
-    vectors = faiss.rev_swig_ptr(inner.get_xb(), rows * dim).reshape(rows, dim) if rows else np.zeros((0, dim), np.float32)
-    ids = faiss.vector_to_array(index.id_map) if isinstance(index, faiss.IndexIDMap) else np.arange(rows, dtype=np.int64)
-    grouped = ids.reshape(-1, heads)
-    items = grouped[:, 0] // heads
-    if not np.array_equal(grouped, items[:, None] * heads + np.arange(heads)[None, :]):
-        return None
-    return FlatRows(torch.from_numpy(vectors), items)
-
-
-def exact_scan(rows: FlatRows, queries: torch.Tensor, heads: int, k: int,
+def exact_scan(rows: FlatRows, queries: torch.Tensor, k: int,
                hidden: np.ndarray | None = None, chunk_items: int = SCAN_CHUNK_ITEMS) -> TopK:
     """The exact top ``k`` of one flat store by sum of maxima; ``hidden``: item ids to skip.
 
@@ -98,7 +45,7 @@ def exact_scan(rows: FlatRows, queries: torch.Tensor, heads: int, k: int,
     each item as elementwise maxima of strided views (faster than a reduction over a
     dimension of 4), the sum over queries into one score vector; one top-k at the end.
     """
-    n_items = rows.item_ids.size
+    n_items, heads = rows.item_ids.size, rows.heads
     if n_items == 0 or k <= 0:
         return TopK(np.zeros(0, np.int64), np.zeros(0, np.float32))
     q = queries.shape[0]
@@ -133,7 +80,7 @@ def exact_top_k(version: IndexVersion, queries: np.ndarray, k: int) -> TopK | No
         rows = flat_rows(index, version.heads)
         if rows is None:
             return None
-        found.append(exact_scan(rows, query, version.heads, k, hidden))
+        found.append(exact_scan(rows, query, k, hidden))
     ids = np.concatenate([f.item_ids for f in found])
     scores = np.concatenate([f.scores for f in found])
     order = np.argsort(-scores, kind="stable")[:k]

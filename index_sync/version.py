@@ -16,6 +16,8 @@ from functools import cached_property
 import faiss
 import numpy as np
 
+from index_sync.flat_rows import flat_rows
+
 def head_ids(item_ids: np.ndarray, heads: int) -> np.ndarray:
     """(N,) item ids -> (N * H,) row ids, item-major: item i's heads are rows i*H .. i*H+H-1."""
     item_ids = np.asarray(item_ids, dtype=np.int64)
@@ -143,10 +145,25 @@ class IndexVersion:
         if self.delta is not None and self.delta.ntotal:
             in_delta = known & _sorted_member(self.delta_item_ids, item_ids)
             if in_delta.any():
-                rows = self.delta.reconstruct_batch(head_ids(item_ids[in_delta], self.heads))
-                out[in_delta] = rows.reshape(-1, self.heads, self.dim)
+                out[in_delta] = self._gather(self.delta, item_ids[in_delta])
         from_base = known & ~in_delta
         if from_base.any():
-            rows = self.index.reconstruct_batch(head_ids(item_ids[from_base], self.heads))
-            out[from_base] = rows.reshape(-1, self.heads, self.dim)
+            out[from_base] = self._gather(self.index, item_ids[from_base])
         return out, known
+
+    def warm(self) -> IndexVersion:
+        """Index the stored rows by item now (an O(items) pass over a new base), in the publisher,
+        so that no reader's request pays for it; itself, for chaining."""
+        for index in (self.index, self.delta):
+            rows = flat_rows(index, self.heads) if index is not None else None
+            if rows is not None:
+                rows.positions(np.zeros(1, np.int64))
+        return self
+
+    def _gather(self, index: faiss.Index, item_ids: np.ndarray) -> np.ndarray:
+        """Stored items' (N, H, p) vectors: in place from a flat index, else through the id map."""
+        rows = flat_rows(index, self.heads)
+        gathered = rows.gather(item_ids) if rows is not None else None
+        if gathered is None:
+            gathered = index.reconstruct_batch(head_ids(item_ids, self.heads)).reshape(-1, self.heads, self.dim)
+        return gathered

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from index_sync.index import LiveIndex
-from index_sync.retrieval import exact_scan, exact_top_k, flat_rows, per_head_candidates
+from index_sync.flat_rows import flat_rows
+from index_sync.retrieval import exact_scan, exact_top_k, per_head_candidates
 from index_sync.version import IndexVersion, head_ids
 from model.inttower import sum_of_max
 
@@ -37,7 +38,7 @@ def test_the_scan_matches_the_models_scorer_whatever_the_chunk(chunk_items: int)
     assert rows is not None
     for _ in range(5):
         queries = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
-        found = exact_scan(rows, torch.from_numpy(queries), HEADS, 25, chunk_items=chunk_items)
+        found = exact_scan(rows, torch.from_numpy(queries), 25, chunk_items=chunk_items)
         np.testing.assert_array_equal(found.item_ids, _brute_force(queries, ids, vectors, 25))
         assert np.all(np.diff(found.scores) <= 0)
 
@@ -93,3 +94,23 @@ def test_rows_not_grouped_by_item_are_not_scanned() -> None:
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
     index.add_with_ids(_vectors(rng, ids.size).reshape(-1, DIM), head_ids(ids, HEADS)[::-1].copy())
     assert flat_rows(index, HEADS) is None
+
+
+def test_gathering_in_place_returns_what_the_id_map_returns() -> None:
+    """`IndexVersion.vectors` reads a flat index's rows in place; an index without flat rows goes
+    through FAISS's id map: the same vectors either way, unknown items zero and flagged."""
+    rng = np.random.default_rng(5)
+    ids = rng.permutation(np.arange(1, 201, dtype=np.int64))
+    vectors = _vectors(rng, ids.size)
+    flat = LiveIndex(HEADS, DIM).publish_full(ids, vectors)
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(DIM, 8, faiss.METRIC_INNER_PRODUCT))
+    hnsw.add_with_ids(vectors.reshape(-1, DIM), head_ids(ids, HEADS))
+    by_id_map = IndexVersion(1, hnsw, HEADS, DIM, base_items=np.sort(ids))
+    asked = np.array([5, 999, 17, 5, 200], dtype=np.int64)
+    got, known = flat.vectors(asked)
+    expected, expected_known = by_id_map.vectors(asked)
+    np.testing.assert_array_equal(known, [True, False, True, True, True])
+    np.testing.assert_array_equal(known, expected_known)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got[0], vectors[np.flatnonzero(ids == 5)[0]])
+    assert not got[1].any()
