@@ -8,6 +8,8 @@ stalls health checks or metrics.
 
 Every request takes one snapshot reference and uses only it, so a version published
 mid-request never mixes into its answer, and the response names the version it read.
+A follower thread verifies and loads each new version (index and model) and swaps the
+reference; requests never load or wait for a load.
 A version whose files fail verification is refused by `IndexReader`, and the last good
 one keeps serving.
 
@@ -59,8 +61,17 @@ class ServingService:
         self.reader = Reader(FeatureEncoder(model.features), self.snapshot)
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="serving")
         self._version_seen = 0
+        self._current: ServingSnapshot | None = None
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
 
     def snapshot(self) -> ServingSnapshot | None:
+        """The snapshot requests read now: a reference read, never a load (once `start`ed)."""
+        if self._follower is None:  # not started (tests drive reloads themselves): load in the caller
+            self._refresh()
+        return self._current
+
+    def _refresh(self) -> None:
         with self._load_lock:
             snapshot = self._snapshots()
         if snapshot is not None and snapshot.version.version != self._version_seen:
@@ -68,13 +79,29 @@ class ServingService:
             self.metrics.version.set(snapshot.version.version)
             self.metrics.versions_loaded.inc()
             log.info("serving index version %d (%d items)", snapshot.version.version, snapshot.version.item_count)
-        return snapshot
+        self._current = snapshot  # one reference swap: a request holds the snapshot it took
+
+    def _follow(self) -> None:
+        """Poll the index directory, verify and load a new version and its model, then swap it in:
+        all off the request path, so a swap costs requests no wait (bench.serving_load)."""
+        while True:
+            try:
+                self.index.maybe_reload()
+                self._refresh()
+            except Exception:  # keep serving the last good snapshot; the next poll retries
+                log.exception("following %s failed", self.index.directory)
+            if self._stop.wait(self.config.poll_interval_s):
+                return
 
     def start(self) -> None:
-        self.index.start()
+        self._stop.clear()
+        self._follower = threading.Thread(target=self._follow, name="serving-follower", daemon=True)
+        self._follower.start()
 
     def close(self) -> None:
-        self.index.stop()
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(30.0)
         self._executor.shutdown(wait=True)
 
     # -- handlers ------------------------------------------------------------------------
