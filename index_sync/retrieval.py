@@ -11,21 +11,26 @@ case Q = H = 1: the inner product). Two ways to its top k:
   does Q times the arithmetic in matrix-product form, so on a CPU it costs little more
   than Two-Tower's own flat search (`bench.retrieval` measures by how much) — and it is
   the exact top-k, by construction.
-* ``per_head``: ColBERT-style candidate generation for indexes that keep no flat matrix
-  (IVF, HNSW): every query vector searches every item head for ``hits_per_query`` rows,
-  the union of their items is re-scored exactly. Misses items whose score is a sum of
-  many moderate maxima, none among any query's best rows.
+* ``per_head``: ColBERT-style candidate generation through an ANN index (IVF, HNSW;
+  `AnnSearch` builds one beside the flat base): every query vector searches every item
+  head for ``hits_per_query`` rows, the union of their items is re-scored exactly.
+  Misses items whose score is a sum of many moderate maxima, none among any query's
+  best rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from dataclasses import dataclass
+from typing import Literal
 
+import faiss
 import numpy as np
 import torch
 
 from index_sync.flat_rows import FlatRows, flat_rows
-from index_sync.version import IndexVersion, items_of
+from index_sync.version import IndexVersion, head_ids, items_of
 
 #: Items per chunk of the exact scan: the (Q, chunk * H) similarities stay in cache.
 SCAN_CHUNK_ITEMS = 16384
@@ -94,3 +99,61 @@ def per_head_candidates(version: IndexVersion, queries: np.ndarray, hits_per_que
         return np.zeros(0, np.int64)
     rows = version.search(np.ascontiguousarray(queries, dtype=np.float32), hits)
     return np.unique(items_of(rows[rows >= 0], version.heads))
+
+
+@dataclass(frozen=True)
+class AnnSearch:
+    """Per-head candidates from an ANN index built beside a version's flat base, re-scored exactly.
+
+    The ANN index is built once per base (versions between full refreshes share it; the
+    small delta is searched flat), by `prepare` in whoever publishes or loads versions,
+    never in a request. For catalogues where the exact scan grows too slow; at 1M items on
+    2 cores it was both slower and less exact (`bench.retrieval`), so "exact" is the default.
+    """
+
+    kind: Literal["ivf", "hnsw"]
+    hits_per_query: int = 1600
+    nprobe: int = 64
+    ef_search: int = 256
+    hnsw_m: int = 32
+
+    def prepare(self, version: IndexVersion) -> None:
+        """Build (or find) the ANN index of ``version``'s base: O(items) once per base."""
+        self._searchable(version)
+
+    def candidates(self, version: IndexVersion, queries: np.ndarray) -> np.ndarray:
+        return per_head_candidates(self._searchable(version), queries, self.hits_per_query)
+
+    def _searchable(self, version: IndexVersion) -> IndexVersion:
+        """``version`` with its base replaced by the base's ANN index (masked items and delta as they are)."""
+        built = _ANN.setdefault(version.index, {})
+        if self not in built:
+            built[self] = self._build(version)
+        return dataclasses.replace(version, index=built[self], base_items=version.base_item_ids,
+                                   delta_items=version.delta_item_ids)
+
+    def _build(self, version: IndexVersion) -> faiss.Index:
+        rows = flat_rows(version.index, version.heads)
+        if rows is None:
+            raise ValueError("an ANN index is built from a flat base; this version's base is not flat")
+        vectors = rows.vectors.numpy()
+        ids = head_ids(rows.item_ids, version.heads)
+        if self.kind == "ivf":
+            nlist = max(1, min(int(4 * np.sqrt(max(vectors.shape[0], 1))), vectors.shape[0]))
+            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(version.dim), version.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = np.random.default_rng(0).choice(vectors.shape[0], min(vectors.shape[0], IVF_TRAIN_PER_LIST * nlist),
+                                                     replace=False)
+            inner.train(vectors[np.sort(sample)])
+            inner.nprobe = self.nprobe
+        else:
+            inner = faiss.IndexHNSWFlat(version.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efSearch = self.ef_search
+        index = faiss.IndexIDMap2(inner)
+        if vectors.shape[0]:
+            index.add_with_ids(vectors, ids)
+        return index
+
+
+#: Training points per IVF list (FAISS warns below 39).
+IVF_TRAIN_PER_LIST = 64
+_ANN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from index_sync.keys import ItemKeys
-from index_sync.retrieval import exact_top_k, per_head_candidates
+from index_sync.retrieval import AnnSearch, exact_top_k, per_head_candidates
 from index_sync.version import IndexVersion
 from model.base import PreRanker
 from model.features import FeatureEncoder
@@ -67,9 +67,16 @@ class Reader:
     Thread-safe for CPU indexes: each call takes one snapshot reference and uses only it.
     """
 
-    def __init__(self, encoder: FeatureEncoder, snapshots: Callable[[], ServingSnapshot | None]) -> None:
+    def __init__(self, encoder: FeatureEncoder, snapshots: Callable[[], ServingSnapshot | None],
+                 ann: AnnSearch | None = None) -> None:
         self.encoder = encoder
         self._snapshots = snapshots
+        self.ann = ann  # None: retrieve scans exactly
+
+    def prepare(self, snapshot: ServingSnapshot) -> None:
+        """Build what retrieval needs for a new snapshot (an ANN index per base) before requests see it."""
+        if self.ann is not None:
+            self.ann.prepare(snapshot.version)
 
     def _snapshot(self) -> ServingSnapshot:
         snapshot = self._snapshots()
@@ -101,8 +108,9 @@ class Reader:
     def retrieve(self, user_features: pa.Table, k: int) -> Retrieved:
         """Top-k items of the whole index for one user by the model's own score.
 
-        A flat index (the default) is scanned exactly (`index_sync.retrieval.exact_top_k`);
-        another kind goes through per-head candidates re-scored exactly. The scale, bias
+        A flat index is scanned exactly (`index_sync.retrieval.exact_top_k`) unless an
+        ``ann`` search is configured; then, or for an index that is not flat, per-head
+        candidates are re-scored exactly. The scale, bias
         and sigmoid are applied to the k found.
         """
         snapshot = self._snapshot()
@@ -111,10 +119,12 @@ class Reader:
         queries = np.ascontiguousarray(user.reshape(-1, version.dim).numpy(), dtype=np.float32)
         if version.item_count == 0 or k <= 0:
             return Retrieved(version.version, [], np.zeros(0), np.zeros(0, np.int64))
-        exact = exact_top_k(version, queries, k)
+        exact = exact_top_k(version, queries, k) if self.ann is None else None
         if exact is not None:
             candidates = exact.item_ids
-        else:
+        elif self.ann is not None:
+            candidates = self.ann.candidates(version, queries)
+        else:  # an index kind with no flat rows, and no ANN configured: its own search
             candidates = per_head_candidates(version, queries, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
         vectors, _ = version.vectors(candidates)
         logits = snapshot.model.score(user, torch.from_numpy(vectors)).numpy()

@@ -34,6 +34,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from index_sync.disk import IndexReader
+from index_sync.retrieval import AnnSearch
 from index_sync.serving import IndexNotReadyError, Reader, ServingSnapshot
 from index_sync.snapshot_files import DiskSnapshots
 from model.build import build_model
@@ -58,7 +59,9 @@ class ServingService:
         self.index = IndexReader(Path(index_dir), poll_interval_s=config.poll_interval_s)
         self._snapshots = DiskSnapshots(self.index, lambda: build_model(model))
         self._load_lock = threading.Lock()  # one model load at a time; others wait for it
-        self.reader = Reader(FeatureEncoder(model.features), self.snapshot)
+        ann = None if config.retrieval == "exact" else AnnSearch(
+            config.retrieval, config.hits_per_query, config.nprobe, config.ef_search, config.hnsw_m)
+        self.reader = Reader(FeatureEncoder(model.features), self.snapshot, ann)
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="serving")
         self._version_seen = 0
         self._current: ServingSnapshot | None = None
@@ -74,6 +77,8 @@ class ServingService:
     def _refresh(self) -> None:
         with self._load_lock:
             snapshot = self._snapshots()
+            if snapshot is not None and snapshot is not self._current:
+                self.reader.prepare(snapshot)  # e.g. an ANN index for a new base, before any request sees it
         if snapshot is not None and snapshot.version.version != self._version_seen:
             self._version_seen = snapshot.version.version
             self.metrics.version.set(snapshot.version.version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,12 @@ class ServingConfig:
     # operations, where waking a thread pool costs more than it saves; concurrency comes
     # from the workers instead.
     torch_threads: int = field(default=1, metadata={"ge": 1})
+    # How /retrieve finds the top k. "exact": a blocked sum-of-max scan of the flat index
+    # (recall 1 by construction; bench.retrieval measures its cost against Two-Tower's flat
+    # search). "ivf" / "hnsw": an ANN index built beside each base version (off the request
+    # path), per-head candidates (hits_per_query rows per query vector) re-scored exactly.
+    retrieval: Literal["exact", "ivf", "hnsw"] = "exact"
+    hits_per_query: int = field(default=1600, metadata={"ge": 1})
+    nprobe: int = field(default=64, metadata={"ge": 1})  # IVF lists searched
+    ef_search: int = field(default=256, metadata={"ge": 1})  # HNSW candidate list
+    hnsw_m: int = field(default=32, metadata={"ge": 2})  # HNSW links per node

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import faiss
 import numpy as np
 import pytest
@@ -9,9 +11,14 @@ import torch
 
 from index_sync.index import LiveIndex
 from index_sync.flat_rows import flat_rows
-from index_sync.retrieval import exact_scan, exact_top_k, per_head_candidates
+from index_sync.retrieval import AnnSearch, exact_scan, exact_top_k, per_head_candidates
+from index_sync.serving import Reader, ServingSnapshot
 from index_sync.version import IndexVersion, head_ids
+from model.build import build_model
+from model.features import FeatureEncoder
 from model.inttower import sum_of_max
+from tests.conftest import make_synthetic_like_table
+from tests.index_sync.test_index import SMALL
 
 HEADS, DIM, QUERIES = 4, 8, 6
 
@@ -114,3 +121,42 @@ def test_gathering_in_place_returns_what_the_id_map_returns() -> None:
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(got[0], vectors[np.flatnonzero(ids == 5)[0]])
     assert not got[1].any()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_ann_candidates_beside_a_base_plus_delta_respect_masks_and_find_the_delta(kind: str) -> None:
+    rng = np.random.default_rng(6)
+    live = LiveIndex(HEADS, DIM, layout="delta", delta_merge_fraction=0.9)
+    ids = np.arange(1, 401, dtype=np.int64)
+    vectors = _vectors(rng, ids.size)
+    first = live.publish_full(ids, vectors)
+    changed, removed = np.arange(1, 30, dtype=np.int64), np.arange(300, 340, dtype=np.int64)
+    new_vectors = _vectors(rng, changed.size)
+    version = live.publish_update(changed, new_vectors, removed_ids=removed)
+    # Searching nearly everything: the candidates must then hold the exact top-k.
+    ann = AnnSearch(kind, hits_per_query=HEADS * ids.size, nprobe=1_000, ef_search=2_000, hnsw_m=8)
+    ann.prepare(first)
+    assert ann._searchable(version).index is ann._searchable(first).index  # one ANN index per base
+    queries = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
+    candidates = ann.candidates(version, queries)
+    assert not np.isin(candidates, removed).any()
+    exact = exact_top_k(version, queries, 20).item_ids
+    assert np.isin(exact, candidates).all()
+    assert np.isin(changed, candidates).any()  # delta items are searched
+
+
+def test_a_reader_with_ann_search_answers_the_exact_top_k_when_it_searches_widely() -> None:
+    config = dataclasses.replace(SMALL, kind="inttower")
+    model = build_model(config).eval()
+    encoder = FeatureEncoder(config.features)
+    items = make_synthetic_like_table(300, seed=2)
+    ids, first = np.unique(items.column("item_id").to_numpy(), return_index=True)
+    with torch.no_grad():
+        vectors = model.encode_items(encoder.encode_tower(items.take(first), "item")).numpy()
+    version = LiveIndex(vectors.shape[1], vectors.shape[2]).publish_full(ids, vectors)
+    snapshot = ServingSnapshot(version, model)
+    exact = Reader(encoder, lambda: snapshot)
+    ann = Reader(encoder, lambda: snapshot, AnnSearch("hnsw", hits_per_query=vectors.shape[1] * ids.size, ef_search=4_000))
+    ann.prepare(snapshot)
+    user = make_synthetic_like_table(1, seed=9)
+    np.testing.assert_allclose(ann.retrieve(user, 10).probabilities, exact.retrieve(user, 10).probabilities, rtol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +173,23 @@ def test_metrics_count_requests_errors_and_the_version(served) -> None:
     assert 'inttower_serving_errors_total{reason="malformed_json"} 1.0' in text
     assert "inttower_serving_index_version 1.0" in text
     assert 'inttower_serving_request_duration_seconds_count{endpoint="score"} 2.0' in text
+
+
+def test_an_ann_retrieval_answers_what_the_exact_scan_answers_when_it_searches_widely(tmp_path: Path) -> None:
+    """`[serving] retrieval = "hnsw"`: the ANN index is built when the version loads, before any request."""
+    writer, live = SnapshotWriter(tmp_path, keep=5), LiveIndex(MODEL.heads, MODEL.head_dim)
+    _publish(writer, live, seed=1)
+    wide = dataclasses.replace(CONFIG, retrieval="hnsw", hits_per_query=100_000, ef_search=100_000)
+    answers = {}
+    for name, config in (("exact", CONFIG), ("hnsw", wide)):
+        service = ServingService(MODEL, tmp_path, config)
+        server = ServiceThread(service)
+        try:
+            assert service.index.maybe_reload()
+            status, answers[name] = server.request("/retrieve", {"user": _user(), "k": 10})
+            assert status == 200
+        finally:
+            server.stop()
+            service.close()
+    assert answers["hnsw"]["items"] == answers["exact"]["items"]
+    np.testing.assert_allclose(answers["hnsw"]["scores"], answers["exact"]["scores"], rtol=1e-6)
