@@ -15,10 +15,13 @@ The exact top-k is computed apart from every method: the model's own scorer
 
 * ``two-tower flat``: FAISS IndexFlatIP search (Two-Tower's exact retrieval; recall 1).
 * ``exact scan``: `index_sync.retrieval.exact_top_k`, the blocked sum-of-max scan.
-* ``per-head <index>``: every query vector searches the item heads through a FAISS index
-  (flat, IVF with ``nprobe``, HNSW with ``efSearch``) for ``hits`` rows, the union of
-  their items re-scored exactly (`index_sync.retrieval.per_head_candidates`), their
-  vectors gathered from the flat version (an ANN index is kept beside it, for search).
+* ``per-head flat``: every query vector searches the item heads of the flat index for
+  ``hits`` rows, the union of their items re-scored exactly
+  (`index_sync.retrieval.per_head_candidates`).
+* ``per-head IVF / HNSW``: the same through `index_sync.retrieval.AnnSearch` (what
+  ``[serving] retrieval = "ivf" | "hnsw"`` runs): an ANN index built beside the flat
+  base (its build time is the ``prepare`` the serving follower runs once per base),
+  candidates re-scored with vectors gathered from the flat version.
 
 Latencies are ratios to Two-Tower flat's p50 measured in the same run, threads set by
 ``--threads`` for both torch and FAISS.
@@ -40,8 +43,8 @@ import torch
 
 from index_sync.index import LiveIndex
 from index_sync.flat_rows import flat_rows
-from index_sync.retrieval import exact_top_k, per_head_candidates
-from index_sync.version import IndexVersion, head_ids
+from index_sync.retrieval import AnnSearch, exact_top_k, per_head_candidates
+from index_sync.version import IndexVersion
 from model.build import build_model
 from model.config import ModelConfig, OnlineConfig, TrainConfig
 from model.features import FeatureEncoder
@@ -123,12 +126,6 @@ def _rescore(model: torch.nn.Module, version: IndexVersion, user: torch.Tensor, 
     return candidates[torch.topk(scores, min(k, scores.numel())).indices.numpy()]
 
 
-def _ann(kind: str, dim: int, rows: int, nlist: int, hnsw_m: int) -> faiss.Index:
-    if kind == "ivf":
-        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    return faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-
-
 def run_size(n_items: int, args: argparse.Namespace) -> list[Row]:
     config = SyntheticLogConfig(events=args.train_events, seed=args.seed, initial_items=n_items)
     items = synthetic_items(config)
@@ -179,28 +176,20 @@ def run_size(n_items: int, args: argparse.Namespace) -> list[Row]:
         if kind == "hnsw" and n_items > args.hnsw_max_items:
             print(f"  (HNSW skipped at {n_items:,} items: over --hnsw-max-items)")
             continue
-        vectors = it_vectors.reshape(-1, dim)
-        nlist = max(16, int(4 * np.sqrt(vectors.shape[0])))
-        started = time.perf_counter()
-        index = faiss.IndexIDMap2(_ann(kind, dim, vectors.shape[0], nlist, args.hnsw_m))
-        if kind == "ivf":
-            sample = vectors[np.random.default_rng(0).choice(vectors.shape[0], min(vectors.shape[0], 64 * nlist), replace=False)]
-            index.train(sample)
-        index.add_with_ids(vectors, head_ids(ids, heads))
-        build = time.perf_counter() - started
-        version = IndexVersion(1, index, heads, dim, base_items=ids)
-        inner = faiss.downcast_index(index.index)
         for search in args.nprobe if kind == "ivf" else args.ef_search:
-            if kind == "ivf":
-                inner.nprobe = search
-                label = f"IntTower per-head IVF{nlist} nprobe {search}"
-            else:
-                inner.hnsw.efSearch = search
-                label = f"IntTower per-head HNSW{args.hnsw_m} efSearch {search}"
-            hits = args.hits_factors[-1] * args.k
+            ann = AnnSearch(kind, hits_per_query=args.hits_factors[-1] * args.k, nprobe=search, ef_search=search,
+                            hnsw_m=args.hnsw_m)
+            started = time.perf_counter()
+            ann.prepare(it_version)  # the serving follower's step: once per base
+            build = time.perf_counter() - started
+            index = ann.ann_index(it_version)
+            inner = faiss.downcast_index(index.index)
+            label = (f"IntTower per-head IVF{inner.nlist} nprobe {search}" if kind == "ivf"
+                     else f"IntTower per-head HNSW{args.hnsw_m} efSearch {search}")
             found, times = _timed(lambda u: _rescore(it, it_version, it_users[u:u + 1],
-                                                     per_head_candidates(version, queries[u], hits), args.k), users)
-            rows.append(_row(n_items, f"{label}, {hits} hits", found, times, truth_it, args.k, build, _size(index)))
+                                                     ann.candidates(it_version, queries[u]), args.k), users)
+            rows.append(_row(n_items, f"{label}, {ann.hits_per_query} hits", found, times, truth_it, args.k, build,
+                             _size(index)))
     return rows
 
 

@@ -121,6 +121,10 @@ class AnnSearch:
         """Build (or find) the ANN index of ``version``'s base: O(items) once per base."""
         self._searchable(version)
 
+    def ann_index(self, version: IndexVersion) -> faiss.Index:
+        """The ANN index of ``version``'s base (built on first use)."""
+        return self._searchable(version).index
+
     def candidates(self, version: IndexVersion, queries: np.ndarray) -> np.ndarray:
         return per_head_candidates(self._searchable(version), queries, self.hits_per_query)
 

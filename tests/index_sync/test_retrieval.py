@@ -136,7 +136,7 @@ def test_ann_candidates_beside_a_base_plus_delta_respect_masks_and_find_the_delt
     # Searching nearly everything: the candidates must then hold the exact top-k.
     ann = AnnSearch(kind, hits_per_query=HEADS * ids.size, nprobe=1_000, ef_search=2_000, hnsw_m=8)
     ann.prepare(first)
-    assert ann._searchable(version).index is ann._searchable(first).index  # one ANN index per base
+    assert ann.ann_index(version) is ann.ann_index(first)  # one ANN index per base
     queries = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
     candidates = ann.candidates(version, queries)
     assert not np.isin(candidates, removed).any()
