@@ -91,9 +91,10 @@ class DaemonConfig:
     memory_report_every_s: float = field(default=600.0, metadata={"ge": 0.0})
     # glibc's allocator (monitoring.memory.tune_malloc; README "Memory over weeks"): at
     # most this many malloc arenas, and a fixed mmap threshold so big, rare buffers go to
-    # mmap and are returned on free. 0 leaves glibc's default.
+    # mmap and are returned on free. 0 leaves glibc's default; a threshold of -1 picks by
+    # `[feedback] mode` (`malloc_mmap_threshold`).
     malloc_arena_max: int = field(default=2, metadata={"ge": 0})
-    malloc_mmap_threshold_bytes: int = field(default=8 * 2**20, metadata={"ge": 0, "le": 32 * 2**20})
+    malloc_mmap_threshold_bytes: int = field(default=-1, metadata={"ge": -1, "le": 32 * 2**20})
     # Debug: each rank appends a sha256 of its parameters after every step to
     # <dir>/digests-rank<r>.txt (multi-worker tests check the replicas stay identical).
     parameter_digest_dir: str | None = None
@@ -234,3 +235,20 @@ def _type_name(tp: Any) -> str:
 def _describe(value: Any) -> str:
     kind = {dict: "a table", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
     return f"{kind.get(type(value), type(value).__name__)} ({value!r})" if not isinstance(value, (dict, list)) else kind[type(value)]
+
+
+#: mmap thresholds `[daemon] malloc_mmap_threshold_bytes = -1` picks (bench.soak, README
+#: "Memory over weeks"): labelled events keep the hashed tables' ~6 MiB gradients on the
+#: heap (a lower threshold maps and zeroes them every step: half the step rate). Joined
+#: feedback at 8 MiB grew glibc's free memory by ~12 MiB per 1M events (in use flat);
+#: at 1 MiB it stayed flat at the same events/s, its steps bound by decoding and joining.
+LABELLED_MMAP_THRESHOLD_BYTES = 8 * 2**20
+JOINED_MMAP_THRESHOLD_BYTES = 1 * 2**20
+
+
+def malloc_mmap_threshold(config: AppConfig) -> int:
+    """The mmap threshold the daemon sets: the configured one, or by feedback mode for -1."""
+    chosen = config.daemon.malloc_mmap_threshold_bytes
+    if chosen >= 0:
+        return chosen
+    return JOINED_MMAP_THRESHOLD_BYTES if config.feedback.mode == "joined" else LABELLED_MMAP_THRESHOLD_BYTES

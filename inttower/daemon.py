@@ -28,7 +28,7 @@ import torch
 
 from index_sync.snapshot_files import SnapshotWriter
 from index_sync.sync import CHECKPOINT_PARTS as INDEX_CHECKPOINT_PARTS, IndexSync
-from inttower.config import AppConfig
+from inttower.config import AppConfig, malloc_mmap_threshold
 from inttower.distributed import (
     Agreement,
     Coordinator,
@@ -113,7 +113,7 @@ class TrainingDaemon:
         coordinator: Coordinator | None = None,
     ) -> None:
         self.config = config
-        tune_malloc(config.daemon.malloc_arena_max, config.daemon.malloc_mmap_threshold_bytes)
+        tune_malloc(config.daemon.malloc_arena_max, malloc_mmap_threshold(config))
         self.stop = stop or threading.Event()
         self.observers = list(observers)
         self.coordinator = coordinator or LocalCoordinator()

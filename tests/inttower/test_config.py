@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from inttower.config import AppConfig, load_config
+from inttower.config import (
+    JOINED_MMAP_THRESHOLD_BYTES,
+    LABELLED_MMAP_THRESHOLD_BYTES,
+    AppConfig,
+    load_config,
+    malloc_mmap_threshold,
+)
 from inttower.errors import ConfigError
 from tests.conftest import REPO_ROOT
 
@@ -73,3 +79,14 @@ def test_missing_file_and_invalid_toml(tmp_path):
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match=r"c\.toml: not valid TOML"):
         load_config(_write(tmp_path, "[model\n"))
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ("", LABELLED_MMAP_THRESHOLD_BYTES),
+    ('[feedback]\nmode = "joined"\n', JOINED_MMAP_THRESHOLD_BYTES),
+    ('[feedback]\nmode = "joined"\n[daemon]\nmalloc_mmap_threshold_bytes = 4194304\n', 4 * 2**20),
+    ("[daemon]\nmalloc_mmap_threshold_bytes = 0\n", 0),
+])
+def test_the_mmap_threshold_follows_the_feedback_mode_unless_set(tmp_path, toml, expected):
+    (tmp_path / "c.toml").write_text(toml)
+    assert malloc_mmap_threshold(load_config(tmp_path / "c.toml")) == expected
