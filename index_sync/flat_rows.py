@@ -31,6 +31,10 @@ class FlatRows:
         order = np.argsort(self.item_ids, kind="stable")
         return self.item_ids[order], order
 
+    def prepare(self) -> None:
+        """Sort the items now (O(items) once), so the first `positions` call does not."""
+        self._by_id  # noqa: B018 - computes and caches
+
     def positions(self, item_ids: np.ndarray) -> np.ndarray:
         """Where these items' groups are (items not stored are left out): O(q log n) once sorted."""
         sorted_ids, order = self._by_id

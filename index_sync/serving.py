@@ -110,8 +110,8 @@ class Reader:
 
         A flat index is scanned exactly (`index_sync.retrieval.exact_top_k`) unless an
         ``ann`` search is configured; then, or for an index that is not flat, per-head
-        candidates are re-scored exactly. The scale, bias
-        and sigmoid are applied to the k found.
+        candidates are re-scored exactly. The scale, bias and sigmoid are applied to the k
+        found.
         """
         snapshot = self._snapshot()
         version = snapshot.version
@@ -119,13 +119,12 @@ class Reader:
         queries = np.ascontiguousarray(user.reshape(-1, version.dim).numpy(), dtype=np.float32)
         if version.item_count == 0 or k <= 0:
             return Retrieved(version.version, [], np.zeros(0), np.zeros(0, np.int64))
-        exact = exact_top_k(version, queries, k) if self.ann is None else None
-        if exact is not None:
-            candidates = exact.item_ids
-        elif self.ann is not None:
+        if self.ann is not None:
             candidates = self.ann.candidates(version, queries)
-        else:  # an index kind with no flat rows, and no ANN configured: its own search
-            candidates = per_head_candidates(version, queries, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
+        else:
+            exact = exact_top_k(version, queries, k)
+            candidates = exact.item_ids if exact is not None else per_head_candidates(  # an index with no flat rows
+                version, queries, max(k, 1) * HITS_PER_HEAD_FACTOR * version.heads)
         vectors, _ = version.vectors(candidates)
         logits = snapshot.model.score(user, torch.from_numpy(vectors)).numpy()
         order = np.argsort(-logits, kind="stable")[:k]

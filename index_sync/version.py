@@ -18,6 +18,7 @@ import numpy as np
 
 from index_sync.flat_rows import flat_rows
 
+
 def head_ids(item_ids: np.ndarray, heads: int) -> np.ndarray:
     """(N,) item ids -> (N * H,) row ids, item-major: item i's heads are rows i*H .. i*H+H-1."""
     item_ids = np.asarray(item_ids, dtype=np.int64)
@@ -157,7 +158,7 @@ class IndexVersion:
         for index in (self.index, self.delta):
             rows = flat_rows(index, self.heads) if index is not None else None
             if rows is not None:
-                rows.positions(np.zeros(1, np.int64))
+                rows.prepare()
         return self
 
     def _gather(self, index: faiss.Index, item_ids: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ class ServingService:
         self.schema = event_schema(model.features)  # requests read its user and context structs
         self.index = IndexReader(Path(index_dir), poll_interval_s=config.poll_interval_s)
         self._snapshots = DiskSnapshots(self.index, lambda: build_model(model))
-        self._load_lock = threading.Lock()  # one model load at a time; others wait for it
+        self._load_lock = threading.Lock()  # one load at a time (the follower, or callers before `start`)
         ann = None if config.retrieval == "exact" else AnnSearch(
             config.retrieval, config.hits_per_query, config.nprobe, config.ef_search, config.hnsw_m)
         self.reader = Reader(FeatureEncoder(model.features), self.snapshot, ann)

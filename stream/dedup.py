@@ -65,10 +65,6 @@ class RecentIds:
             if len(ring) > self.capacity:
                 seen.discard(ring.popleft())
 
-    def state(self) -> list[int]:
-        """Oldest first (what `RecentIds(capacity, keys)` restores)."""
-        return list(self._ring)
-
     def state_bytes(self) -> bytes:
         return np.asarray(self._ring, dtype=np.int64).tobytes()
 

@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 from stream.config import FeedbackConfig
 from stream.dedup import RecentIds
 from stream.held_rows import HeldRows
+from stream.partition_clock import NO_TS, PartitionClock
 from stream.waiting_clicks import WaitingClicks
 from stream.wire import Reject
 
@@ -62,27 +63,6 @@ EXPIRED_IMPRESSION = "expired_impression"
 CLICK_BEFORE_IMPRESSION = "click_before_impression"
 CLICK_REJECT_REASONS = (UNKNOWN_IMPRESSION, EXPIRED_IMPRESSION, CLICK_BEFORE_IMPRESSION)
 _STATE_COLUMNS = ("__ts", "__seq", "__clicked", "__late", "__emitted", "__duplicated", "__partition")
-_NO_TS = -(2**63)
-
-
-class _PartitionClock:
-    """The latest event time seen on each partition of one topic, and when (wall time) it last moved."""
-
-    def __init__(self) -> None:
-        self.ts: dict[int, int] = {}
-        self.seen: dict[int, float] = {}
-
-    def observe(self, max_ts: dict[int, int], now: float) -> None:
-        for partition, ts in max_ts.items():
-            if ts > self.ts.get(partition, _NO_TS):
-                self.ts[partition] = ts
-            self.seen[partition] = now
-
-    def idle(self, partition: int, now: float, idle_s: float) -> bool:
-        return now - self.seen.get(partition, now) >= idle_s
-
-    def active(self, now: float, idle_s: float) -> list[int]:
-        return [ts for p, ts in self.ts.items() if not self.idle(p, now, idle_s)]
 
 
 @dataclass(slots=True)
@@ -129,12 +109,12 @@ class FeedbackJoiner:
         self._rows = HeldRows(schema)
         self._due: list[tuple[int, int, str]] = []  # (due ts, seq, event id); stale items are skipped
         self._seq = 0
-        self.clock = _PartitionClock()  # the impressions' topic
+        self.clock = PartitionClock()  # the impressions' topic
         # Clicks on a topic of their own (`clicks_topic`): its clock, and the clicks that
         # wait until the impressions' partition has passed their time (a click may be read
         # before its impression when the two topics are consumed side by side).
         self.two_topics = bool(config.clicks_topic)
-        self.click_clock = _PartitionClock()
+        self.click_clock = PartitionClock()
         self.waiting_clicks = WaitingClicks()
         self.recent = RecentIds(config.dedup_ids)
         self.pending = 0  # entries not emitted yet
@@ -185,12 +165,12 @@ class FeedbackJoiner:
         if self.two_topics:
             for partition in max_ts:  # a partition with no click yet holds the watermark back until idle
                 if partition not in self.click_clock.ts:
-                    self.click_clock.ts[partition] = _NO_TS
+                    self.click_clock.ts[partition] = NO_TS
                     self.click_clock.seen[partition] = now
             self.click_clock.observe(click_max_ts or {}, now)
             self.waiting_clicks.push_table(clicks)
             idle_s = self.config.idle_partition_s
-            clicks, forced = self.waiting_clicks.due(lambda p: self.clock.ts.get(p, _NO_TS),
+            clicks, forced = self.waiting_clicks.due(lambda p: self.clock.ts.get(p, NO_TS),
                                                      lambda p: self.clock.idle(p, now, idle_s), self.config.max_pending)
             counts["clicks_forced"] += forced
         rejects = self._join(clicks, counts, out)
@@ -421,7 +401,7 @@ class FeedbackJoiner:
             for clock, key in ((joiner.clock, "partition_ts"), (joiner.click_clock, "click_partition_ts")):
                 for p, ts in meta.get(key, {}).items():
                     if keep is None or int(p) in keep:
-                        clock.ts[int(p)] = max(int(ts), clock.ts.get(int(p), _NO_TS))
+                        clock.ts[int(p)] = max(int(ts), clock.ts.get(int(p), NO_TS))
             joiner.waiting_clicks.restore(meta.get("waiting_clicks", []), keep)
             recent.append(base64.b64decode(meta["recent"]))
             if keep is None:  # a rank's share starts its own counts
