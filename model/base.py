@@ -89,6 +89,9 @@ class PreRanker(nn.Module, ABC):
         # CS3's cross-tower summaries and cascade ranker (`model.cs3.attach`); None when off.
         self.sync: nn.Module | None = None
         self.cascade: nn.Module | None = None
+        # False when the optimizer applies lambda_2 itself, to the rows a batch touched
+        # (`model.optim.RowwiseAdagrad`); set by `model.optim.build_optimizer`.
+        self.table_l2_in_loss = True
 
     def encode_user(self, user: TowerInputs) -> torch.Tensor:
         """What scoring needs from the user side, computed once per user."""
@@ -169,7 +172,7 @@ class PreRanker(nn.Module, ABC):
         """The lambda_2 ||Theta||^2 term of eq 12 (already weighted), over the embedding tables."""
         weight = self.config.l2_embedding
         tables = self.field_embeddings()
-        if weight == 0.0 or not tables:
+        if weight == 0.0 or not tables or not self.table_l2_in_loss:
             return torch.zeros((), device=self.device)
         return weight * sum(t.squared_norm() for t in tables)
 

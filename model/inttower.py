@@ -18,7 +18,7 @@ from model.base import CIRNegatives, ModelOutput, PreRanker, TowerSide
 from model.config import ModelConfig
 from model.cs3 import attach as attach_cs3
 from model.features import FeatureBatch, TowerInputs
-from model.towers import TowerEncoder, init_linear_
+from model.towers import TowerEncoder, init_linear_, wide_sides
 
 
 class LightSE(nn.Module):
@@ -84,6 +84,26 @@ class FEBlock(nn.Module):
     def forward(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.log_scale.exp() * sum_of_max(user, items) + self.bias
 
+    # A per-side scalar (``[model] wide``: `model.towers.LinearSide`) rides in two extra
+    # coordinates of every head, so the index stores an item's scalar with its vectors and
+    # any inner-product search sees it: user heads end in (c, b_u c), item heads in (b_i, 1),
+    # c = 1 / (L H scale). Each head pair's product gains (b_i + b_u) c whichever item head
+    # it is, so every max gains it, the sum over the L H user heads gains (b_i + b_u) / scale,
+    # and the logit gains exactly b_u + b_i.
+    def with_user_scalar(self, user: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
+        """(B, L, H, p) user heads and (B,) scalars -> (B, L, H, p + 2)."""
+        b, layers, heads, _ = user.shape
+        unit = (1.0 / (layers * heads)) * torch.exp(-self.log_scale).to(user.dtype)
+        extra = torch.stack([unit.expand(b), scalar.to(user.dtype) * unit], dim=-1)
+        return torch.cat([user, extra.view(b, 1, 1, 2).expand(b, layers, heads, 2)], dim=-1)
+
+    @staticmethod
+    def with_item_scalar(items: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
+        """(N, H, p) item heads and (N,) scalars -> (N, H, p + 2)."""
+        n, heads, _ = items.shape
+        extra = torch.stack([scalar.to(items.dtype), torch.ones_like(scalar, dtype=items.dtype)], dim=-1)
+        return torch.cat([items, extra.view(n, 1, 2).expand(n, heads, 2)], dim=-1)
+
 
 def cir_loss(
     user: torch.Tensor,
@@ -128,10 +148,11 @@ class IntTower(PreRanker):
         self.user_encoder, self.item_encoder = (
             TowerEncoder(
                 config.tower_fields(tower), config.embedding_dim, config.embedding_init_std,
-                config.hidden, config.dropout, config.batch_norm, attention,
+                config.hidden, config.dropout, config.normalization, attention,
             )
             for tower in ("user", "item")
         )
+        self.user_wide, self.item_wide = wide_sides(config)
         if config.fe_block:
             heads, p = config.heads, config.head_dim
             dims = self.user_encoder.mlp.dims
@@ -156,7 +177,10 @@ class IntTower(PreRanker):
             sources = layer_inputs if self.config.fe_user_layers == "layer_inputs" else [*layer_inputs[1:], out]
             b = out.shape[0]
             heads = [proj(h).view(b, self.config.heads, self.config.head_dim) for proj, h in zip(self.user_projections, sources)]
-        return TowerSide(self.fe.prepare(torch.stack(heads, dim=1)), tower=out, cir=heads[-1].flatten(1))
+        vectors = self.fe.prepare(torch.stack(heads, dim=1))
+        if self.user_wide is not None:
+            vectors = self.fe.with_user_scalar(vectors, self.user_wide(user))
+        return TowerSide(vectors, tower=out, cir=heads[-1].flatten(1))
 
     def _item_side(self, item: TowerInputs) -> TowerSide:
         """The item tower's last layer projected to H heads (eq 7): (N, H, p)."""
@@ -165,7 +189,10 @@ class IntTower(PreRanker):
             heads = out.unsqueeze(1)
         else:
             heads = self.item_projection(out).view(out.shape[0], self.config.heads, self.config.head_dim)
-        return TowerSide(self.fe.prepare(heads), tower=out, cir=heads.flatten(1))
+        vectors = self.fe.prepare(heads)
+        if self.item_wide is not None:
+            vectors = self.fe.with_item_scalar(vectors, self.item_wide(item))
+        return TowerSide(vectors, tower=out, cir=heads.flatten(1))
 
     @property
     def output_bias(self) -> nn.Parameter:
@@ -175,7 +202,7 @@ class IntTower(PreRanker):
         return self.fe(user, items)
 
     def user_tower(self) -> list[nn.Module]:
-        return [m for m in (self.user_encoder, self.user_projections) if m is not None]
+        return [m for m in (self.user_encoder, self.user_projections, self.user_wide) if m is not None]
 
     # -- training ---------------------------------------------------------------------
     def cir_term(self, output: ModelOutput, batch: FeatureBatch, negatives: CIRNegatives | None = None) -> torch.Tensor:
@@ -189,4 +216,5 @@ class IntTower(PreRanker):
         return self.config.cir_weight * loss
 
     def field_embeddings(self) -> list[nn.Module]:
-        return [self.user_encoder.embeddings, self.item_encoder.embeddings]
+        return [self.user_encoder.embeddings, self.item_encoder.embeddings,
+                *(side.weights for side in (self.user_wide, self.item_wide) if side is not None)]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from model.base import PreRanker
 from model.config import TrainConfig
 from model.features import FeatureBatch
+from model.optim import build_optimizer
 from monitoring.quality import log_loss, roc_auc
 
 EVAL_BATCH = 8192
@@ -89,7 +90,7 @@ def fit(
     the chunk, not the log.
     """
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = build_optimizer(model, config)
     device = model.device
     best_auc, best_epoch = -1.0, 0
     best_state, best_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())

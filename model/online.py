@@ -25,6 +25,7 @@ from model.config import OnlineConfig, TrainConfig
 from model.cs3 import CrossTowerSync
 from model.features import FeatureBatch
 from model.offline import FitResult
+from model.optim import build_optimizer
 
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
 SKIP_NON_FINITE_GRADIENT = "non_finite_gradient"
@@ -151,7 +152,7 @@ class OnlineTrainer:
         self.on_bias_init: Callable[[bool], None] | None = None
         self.after_step: Callable[[float], None] | None = None
         self.online = online
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
+        self.optimizer = build_optimizer(model, train)
         self.learning_rate = train.learning_rate
         self.reference_batch: int | None = None  # the batch size of the fit this trainer continues (`continue_from`)
         self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -196,7 +197,7 @@ class OnlineTrainer:
             return
         ratio = max(events, 1) / self.reference_batch
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate * (ratio if rule == "linear" else ratio ** 0.5)
+            group["lr"] = group["base_lr"] * (ratio if rule == "linear" else ratio ** 0.5)
         for norm, momentum in zip(self._norms, self._norm_momentum):
             if momentum is not None:
                 norm.momentum = min(1.0, momentum * ratio)

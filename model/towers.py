@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from model.config import FeatureField
+from model.config import FeatureField, ModelConfig
 from model.features import TowerInputs
 from model.hashing import PADDING_ID
 
@@ -64,21 +64,55 @@ class FieldEmbeddings(nn.Module):
         return torch.stack(squares).sum() if squares else torch.zeros(())
 
 
-class MLPTower(nn.Module):
-    """Eq 1 with the authors' layer order: Linear, BatchNorm, ReLU, Dropout per layer.
+class LinearSide(nn.Module):
+    """One tower's share of a logistic regression: a scalar per field value, a weight per numeric field.
 
+    What a logistic regression learns from one event, a scalar per id learns too: the
+    towers add one of these per side (``[model] wide``) beside their interaction, and the
+    logistic-regression baseline is nothing but the two.
+    """
+
+    def __init__(self, fields: tuple[FeatureField, ...], init_std: float) -> None:
+        super().__init__()
+        self.weights = FieldEmbeddings(fields, 1, init_std)
+        count = self.weights.num_numeric
+        self.numeric = nn.Linear(count, 1, bias=False) if count else None
+
+    def forward(self, inputs: TowerInputs) -> torch.Tensor:
+        """(B,) partial logits."""
+        logit = self.weights(inputs).sum(dim=(1, 2))
+        return logit if self.numeric is None else logit + self.numeric(inputs.numeric).squeeze(-1)
+
+
+def wide_sides(config: ModelConfig) -> tuple[LinearSide | None, LinearSide | None]:
+    """The towers' per-side scalars (user, item) when ``[model] wide`` is on, else (None, None)."""
+    if not config.wide:
+        return None, None
+    return tuple(LinearSide(config.tower_fields(tower), config.embedding_init_std) for tower in ("user", "item"))
+
+
+#: ``[model] normalization``: the layer after each Linear of a tower ("none": nothing).
+NORMALIZATIONS: dict[str, type[nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+
+
+class MLPTower(nn.Module):
+    """Eq 1 with the authors' layer order: Linear, normalisation, ReLU, Dropout per layer.
+
+    The paper's normalisation is BatchNorm. LayerNorm normalises each row by itself, so a
+    batch of one event trains as any other (BatchNorm has no statistics of one row: such
+    a step runs on its running statistics, which then never move).
     `forward` returns every layer's input and the final output, because FE-Block
     projects the user tower's intermediate layers.
     """
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...], dropout: float, batch_norm: bool) -> None:
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], dropout: float, normalization: str) -> None:
         super().__init__()
         layers = []
         dims = (in_dim, *hidden)
         for d_in, d_out in zip(dims[:-1], dims[1:]):
             block: list[nn.Module] = [nn.Linear(d_in, d_out)]
-            if batch_norm:
-                block.append(nn.BatchNorm1d(d_out))
+            if normalization != "none":
+                block.append(NORMALIZATIONS[normalization](d_out))
             block += [nn.ReLU(), nn.Dropout(dropout)]
             layers.append(nn.Sequential(*block))
         self.layers = nn.ModuleList(layers)
@@ -119,14 +153,14 @@ class TowerEncoder(nn.Module):
         embedding_init_std: float,
         hidden: tuple[int, ...],
         dropout: float,
-        batch_norm: bool,
+        normalization: str,
         attention: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.embeddings = FieldEmbeddings(fields, embedding_dim, embedding_init_std)
         self.attention = attention(self.embeddings.num_fields) if attention is not None else None
         in_dim = self.embeddings.num_fields * embedding_dim + self.embeddings.num_numeric
-        self.mlp = MLPTower(in_dim, hidden, dropout, batch_norm)
+        self.mlp = MLPTower(in_dim, hidden, dropout, normalization)
         self.cycle: nn.Module | None = None  # CS3 add-ons, attached by `model.cs3.attach`
         self.film: nn.Module | None = None
 

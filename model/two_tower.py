@@ -11,7 +11,7 @@ from model.config import ModelConfig
 from model.cs3 import attach as attach_cs3
 from model.features import TowerInputs
 from model.inttower import FEBlock
-from model.towers import FieldEmbeddings, TowerEncoder, init_linear_
+from model.towers import LinearSide, TowerEncoder, init_linear_, wide_sides
 
 
 class TwoTower(PreRanker):
@@ -29,34 +29,42 @@ class TwoTower(PreRanker):
         self.user_encoder, self.item_encoder = (
             TowerEncoder(
                 config.tower_fields(tower), config.embedding_dim, config.embedding_init_std,
-                config.hidden, config.dropout, config.batch_norm,
+                config.hidden, config.dropout, config.normalization,
             )
             for tower in ("user", "item")
         )
         self.fe = FEBlock("cosine", 1, 1, config.initial_scale)
+        self.user_wide, self.item_wide = wide_sides(config)
         init_linear_(self, config.linear_init_std)
         attach_cs3(self, config)
 
     def _user_side(self, user: TowerInputs) -> TowerSide:
         _, out = self.user_encoder(user, self._summary("item"))
-        return TowerSide(F.normalize(out, dim=-1).view(out.shape[0], 1, 1, -1), tower=out)  # (B, 1, 1, D)
+        vectors = F.normalize(out, dim=-1).view(out.shape[0], 1, 1, -1)  # (B, 1, 1, D)
+        if self.user_wide is not None:
+            vectors = self.fe.with_user_scalar(vectors, self.user_wide(user))
+        return TowerSide(vectors, tower=out)
 
     def _item_side(self, item: TowerInputs) -> TowerSide:
         _, out = self.item_encoder(item, self._summary("user"))
-        return TowerSide(F.normalize(out, dim=-1).view(out.shape[0], 1, -1), tower=out)  # (N, 1, D)
+        vectors = F.normalize(out, dim=-1).view(out.shape[0], 1, -1)  # (N, 1, D)
+        if self.item_wide is not None:
+            vectors = self.fe.with_item_scalar(vectors, self.item_wide(item))
+        return TowerSide(vectors, tower=out)
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.fe(user, items)
 
     def user_tower(self) -> list[nn.Module]:
-        return [self.user_encoder]
+        return [m for m in (self.user_encoder, self.user_wide) if m is not None]
 
     @property
     def output_bias(self) -> nn.Parameter:
         return self.fe.bias
 
     def field_embeddings(self) -> list[nn.Module]:
-        return [self.user_encoder.embeddings, self.item_encoder.embeddings]
+        return [self.user_encoder.embeddings, self.item_encoder.embeddings,
+                *(side.weights for side in (self.user_wide, self.item_wide) if side is not None)]
 
 
 class LogisticRegression(PreRanker):
@@ -69,36 +77,25 @@ class LogisticRegression(PreRanker):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.user_weights = FieldEmbeddings(config.tower_fields("user"), 1, config.embedding_init_std)
-        self.item_weights = FieldEmbeddings(config.tower_fields("item"), 1, config.embedding_init_std)
-        self.user_numeric = _numeric_weights(self.user_weights.num_numeric)
-        self.item_numeric = _numeric_weights(self.item_weights.num_numeric)
+        self.user_linear = LinearSide(config.tower_fields("user"), config.embedding_init_std)
+        self.item_linear = LinearSide(config.tower_fields("item"), config.embedding_init_std)
         self.bias = nn.Parameter(torch.zeros(()))
 
-    @staticmethod
-    def _side(weights: FieldEmbeddings, numeric: nn.Linear | None, inputs: TowerInputs) -> torch.Tensor:
-        logit = weights(inputs).sum(dim=(1, 2))
-        return logit if numeric is None else logit + numeric(inputs.numeric).squeeze(-1)
-
     def _user_side(self, user: TowerInputs) -> TowerSide:
-        return TowerSide(self._side(self.user_weights, self.user_numeric, user).view(-1, 1, 1, 1))
+        return TowerSide(self.user_linear(user).view(-1, 1, 1, 1))
 
     def _item_side(self, item: TowerInputs) -> TowerSide:
-        return TowerSide(self._side(self.item_weights, self.item_numeric, item).view(-1, 1, 1))
+        return TowerSide(self.item_linear(item).view(-1, 1, 1))
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (user.reshape(-1) + items.reshape(-1)) + self.bias
 
     def user_tower(self) -> list[nn.Module]:
-        return [m for m in (self.user_weights, self.user_numeric) if m is not None]
+        return [self.user_linear]
 
     @property
     def output_bias(self) -> nn.Parameter:
         return self.bias
 
     def field_embeddings(self) -> list[nn.Module]:
-        return [self.user_weights, self.item_weights]
-
-
-def _numeric_weights(count: int) -> nn.Linear | None:
-    return nn.Linear(count, 1, bias=False) if count else None
+        return [self.user_linear.weights, self.item_linear.weights]

@@ -86,7 +86,7 @@ def test_fit_writes_a_checkpoint_the_daemon_starts_from_bit_identically(history,
     assert fitted["model"].keys() == started["model"].keys()
     assert all(torch.equal(fitted["model"][k], started["model"][k]) for k in fitted["model"])
     assert started["steps"] == fitted["steps"]
-    moments = [(a["exp_avg"], b["exp_avg"]) for a, b in zip(fitted["optimizer"]["state"].values(), started["optimizer"]["state"].values())]
+    moments = [(a["exp_avg"], b["exp_avg"]) for a, b in zip(fitted["optimizer"]["dense"]["state"].values(), started["optimizer"]["dense"]["state"].values())]
     assert moments and all(torch.equal(a, b) for a, b in moments)
 
 

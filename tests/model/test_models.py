@@ -13,16 +13,19 @@ from model.inttower import IntTower, LightSE
 from tests.conftest import make_synthetic_like_table
 
 SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4)
+#: The freshness options (LayerNorm, per-side scalars): the same contracts must hold.
+FRESH = replace(SMALL, normalization="layer", wide=True)
 
 
 def _batch(rows=64, seed=0):
     return FeatureEncoder(SMALL.features).encode(make_synthetic_like_table(rows, seed))
 
 
+@pytest.mark.parametrize("base", [SMALL, FRESH], ids=["paper", "fresh"])
 @pytest.mark.parametrize("kind", ["inttower", "two_tower", "lr"])
-def test_item_vector_is_bit_identical_whatever_else_is_in_the_batch(kind, cpu_threads):
+def test_item_vector_is_bit_identical_whatever_else_is_in_the_batch(kind, base, cpu_threads):
     torch.manual_seed(0)
-    model = build_model(replace(SMALL, kind=kind))
+    model = build_model(replace(base, kind=kind))
     batch = _batch(64)
     model.train()
     model.loss(batch).total.backward()  # moves BatchNorm running stats off their defaults
@@ -43,10 +46,11 @@ def test_item_vector_is_bit_identical_whatever_else_is_in_the_batch(kind, cpu_th
         assert torch.equal(model.encode_items(batch.item.select(slice(5, 5 + size)))[:1], alone)
 
 
+@pytest.mark.parametrize("base", [SMALL, FRESH], ids=["paper", "fresh"])
 @pytest.mark.parametrize("kind", ["inttower", "two_tower", "lr"])
-def test_score_of_encoded_parts_equals_forward(kind):
+def test_score_of_encoded_parts_equals_forward(kind, base):
     torch.manual_seed(0)
-    model = build_model(replace(SMALL, kind=kind)).eval()
+    model = build_model(replace(base, kind=kind)).eval()
     batch = _batch(16)
     logits = model(batch).logits
     torch.testing.assert_close(model.score(model.encode_user(batch.user), model.encode_items(batch.item)), logits)
@@ -55,6 +59,41 @@ def test_score_of_encoded_parts_equals_forward(kind):
     items = model.encode_items(batch.item)
     paired = model.score(one_user.expand(16, *one_user.shape[1:]), items)
     torch.testing.assert_close(model.score(one_user, items), paired)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("kind", ["inttower", "two_tower"])
+def test_wide_scalars_add_exactly_to_the_towers_logit(kind, similarity):
+    torch.manual_seed(0)
+    model = build_model(replace(FRESH, kind=kind, similarity=similarity)).eval()
+    with torch.no_grad():
+        for side in (model.user_wide, model.item_wide):
+            for table in side.weights.tables.values():
+                table.weight.normal_()  # scalars of order 1, far from their start
+        model.fe.log_scale.add_(0.7)  # a learnt temperature: the user coordinates must follow it
+        batch = _batch(32)
+        logits = model(batch).logits
+        scalars = model.user_wide(batch.user) + model.item_wide(batch.item)
+        items = model.encode_items(batch.item)
+        assert items.shape[-1] == (4 if kind == "inttower" else 8) + 2  # the item's scalar is stored with its heads
+        model.user_wide = model.item_wide = None
+        towers_alone = model(batch).logits
+    assert scalars.abs().mean() > 1.0
+    torch.testing.assert_close(logits, towers_alone + scalars, rtol=0, atol=1e-5)
+
+
+def test_layer_norm_trains_on_one_event_as_on_a_batch():
+    """BatchNorm has no statistics of one row; LayerNorm normalises each row alone."""
+    torch.manual_seed(0)
+    model = build_model(FRESH)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    one = _batch(8).select(slice(2, 3))
+    model.train()
+    model.loss(one).total.backward()
+    first_linear = model.user_encoder.mlp.layers[0][0]
+    assert first_linear.weight.grad.abs().sum() > 0
+    model.eval()
+    torch.testing.assert_close(model(_batch(8)).logits[2:3], model(one).logits)
 
 
 def test_inttower_switches_remove_their_parts():
