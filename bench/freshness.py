@@ -3,6 +3,7 @@
     python -m bench.freshness [--seeds 3] [--data PATH] [--datasets movielens,synthetic]
                               [--models lr,two_tower,inttower] [--spans event,5m,1h,6h,24h]
                               [--synthetic-events 100000] [--max-batch-events 2048] [--threads N]
+                              [--plot docs/freshness.png]
 
 Every model trains online from the first event of a log in event-time order,
 test-then-train: each batch is scored by the model as it is, then trained on. Batches
@@ -37,6 +38,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,6 +143,32 @@ def print_table(ds: EncodedLog, results: dict[tuple[str, str], list[Run]]) -> No
               flush=True)
 
 
+def plot(tables: dict[str, dict[tuple[str, str], list[Run]]], path: str) -> None:
+    """AUC against span, one panel per data set, one line per model (mean, error bars: std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
+    for ax, (name, results) in zip(axes[0], tables.items()):
+        spans = list(dict.fromkeys(span for _, span in results))
+        for kind in dict.fromkeys(kind for kind, _ in results):
+            aucs = [[r.auc for r in results[(kind, span)]] for span in spans]
+            ax.errorbar(range(len(spans)), [statistics.fmean(a) for a in aucs],
+                        yerr=[statistics.stdev(a) if len(a) > 1 else 0.0 for a in aucs], marker="o", capsize=3, label=kind)
+        ax.set_xticks(range(len(spans)), spans)
+        ax.set_xlabel("event time per batch (span)")
+        ax.set_ylabel(f"AUC, latest {EVAL_FRACTION:.0%} (prequential)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="ML-100K folder (default: $INTTOWER_DATA/ml-100k or the download cache)")
@@ -154,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr-learning-rate", type=float, default=0.01,
                         help="the logistic regression's step size (the towers use the config's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--plot", help="write the freshness curve (AUC against span) to this PNG")
     args = parser.parse_args(argv)
     datasets, models = names_from(parser, args.datasets, DATASETS, "data set"), names_from(parser, args.models, MODELS, "model")
     spans = args.spans.split(",")
@@ -164,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    tables: dict[str, dict[tuple[str, str], list[Run]]] = {}
     for name in datasets:
         ds = load(name, args)
         results: dict[tuple[str, str], list[Run]] = {}
@@ -175,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {kind:<9} span {span:<5} AUC {_mean_std([x.auc for x in r], 4)}  "
                       f"{statistics.fmean(x.events_per_s for x in r):,.0f} events/s", flush=True)
         print_table(ds, results)
+        tables[name] = results
+    if args.plot:
+        plot(tables, args.plot)
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -27,9 +27,10 @@ def test_span_names() -> None:
         span_ms("soon")
 
 
-def test_tiny_run_prints_a_freshness_table(capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiny_run_prints_a_freshness_table_and_plots_it(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     main(["--datasets", "synthetic", "--synthetic-events", "400", "--models", "lr,two_tower", "--spans", "event,1h",
-          "--seeds", "1", "--threads", "1"])
+          "--seeds", "1", "--threads", "1", "--plot", str(tmp_path / "curve.png")])
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| lr") or line.startswith("| two_tower")]
     assert len(rows) == 4
