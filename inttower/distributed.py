@@ -41,6 +41,7 @@ from torch import nn
 from model.device import resolve_device
 from model.features import FeatureBatch, FeatureEncoder, TowerInputs
 from model.online import OnlineTrainer, StepResult
+from model.optim import sparse_table_gradients
 from stream.config import StreamConfig
 from stream.events import ITEM_KEY_COLUMN
 from stream.topics import topic_partitions
@@ -238,6 +239,7 @@ class TorchDistributedCoordinator:
         # rank 0, which would keep only rank 0's data in them: after each step the ranks
         # average them, weighted by their share of the step's events (`_average_buffers`).
         device_ids = [self.local_rank] if trainer.device.type == "cuda" else None
+        sparse_table_gradients(trainer.model, False)  # all-reduced: dense (NCCL has no sparse all-reduce)
         trainer.training_module = nn.parallel.DistributedDataParallel(
             trainer.model, device_ids=device_ids, broadcast_buffers=False
         )

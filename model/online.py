@@ -25,7 +25,7 @@ from model.config import OnlineConfig, TrainConfig
 from model.cs3 import CrossTowerSync
 from model.features import FeatureBatch
 from model.offline import FitResult
-from model.optim import build_optimizer
+from model.optim import build_optimizer, clip_grad_norm
 
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
 SKIP_NON_FINITE_GRADIENT = "non_finite_gradient"
@@ -153,6 +153,7 @@ class OnlineTrainer:
         self.after_step: Callable[[float], None] | None = None
         self.online = online
         self.optimizer = build_optimizer(model, train)
+        self._parameters = list(model.parameters())
         self.learning_rate = train.learning_rate
         self.reference_batch: int | None = None  # the batch size of the fit this trainer continues (`continue_from`)
         self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -256,7 +257,7 @@ class OnlineTrainer:
         else:
             loss = parts.total if loss_weight == 1.0 else parts.total * loss_weight
             (loss + _every_output(output) * 0.0 if replicated else loss).backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.online.grad_clip_norm)
+            norm = clip_grad_norm(self._parameters, self.online.grad_clip_norm)
             if not torch.isfinite(norm):
                 reason = SKIP_NON_FINITE_GRADIENT
                 self.optimizer.zero_grad(set_to_none=True)

@@ -27,9 +27,10 @@ class RowwiseAdagrad(torch.optim.Optimizer):
     """Adagrad with one accumulator per row of each 2-D parameter; steps only rows with a gradient.
 
     For a touched row r with gradient g (plus ``weight_decay`` * w_r, the L2 term's
-    gradient): s_r += mean(g^2); w_r -= lr * g / (sqrt(s_r) + eps). Rows whose gradient is
-    exactly zero (not looked up by the batch; the padding row) keep their weights and
-    accumulators.
+    gradient): s_r += mean(g^2); w_r -= lr * g / (sqrt(s_r) + eps). Rows not looked up by
+    the batch (and the padding row) keep their weights and accumulators. Gradients may be
+    sparse (`sparse_table_gradients`: the rows come with them) or dense (rows whose
+    gradient is exactly zero are the untouched ones: a full scan of the table).
     """
 
     def __init__(self, params, lr: float, eps: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -42,14 +43,17 @@ class RowwiseAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad
-                rows = torch.nonzero(grad.ne(0).any(dim=1)).squeeze(1)
+                if p.grad.is_sparse:
+                    grad = p.grad.coalesce()
+                    rows, g = grad.indices()[0], grad.values()
+                else:
+                    rows = torch.nonzero(p.grad.ne(0).any(dim=1)).squeeze(1)
+                    g = p.grad.index_select(0, rows)
                 if rows.numel() == 0:
                     continue
                 state = self.state[p]
                 if not state:
                     state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                g = grad.index_select(0, rows)
                 if group["weight_decay"]:
                     g = g + group["weight_decay"] * p.index_select(0, rows)
                 total = state["sum"].index_select(0, rows) + g.float().pow(2).mean(dim=1)
@@ -99,6 +103,39 @@ class TrainOptimizer:
             group["name"], group["base_lr"] = name, base_lr
 
 
+def sparse_table_gradients(model: nn.Module, sparse: bool) -> None:
+    """Let the embedding tables' backward produce sparse gradients (only the looked-up rows).
+
+    A dense table gradient is a zero-filled copy of the table per step: for a one-event
+    step most of its cost. Only row-wise Adagrad reads sparse gradients, and gradients
+    all-reduced across ranks (`inttower.distributed`) stay dense (NCCL has no sparse
+    all-reduce).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            module.sparse = sparse
+
+
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` over dense and sparse gradients alike; the total norm before clipping."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    sparse = [g for g in grads if g.is_sparse]
+    if not sparse:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    dense = [g for g in grads if not g.is_sparse]
+    for p in parameters:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # duplicate rows summed: the norm is the row sums'
+    norms = [torch.linalg.vector_norm(g) for g in dense]
+    norms += [torch.linalg.vector_norm(p.grad.values()) for p in parameters if p.grad is not None and p.grad.is_sparse]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in parameters:
+        if p.grad is not None:
+            p.grad.mul_(coefficient)
+    return total
+
+
 def _table_parameters(model: PreRanker) -> Iterator[nn.Parameter]:
     for tables in model.field_embeddings():
         yield from tables.parameters()
@@ -119,6 +156,7 @@ def build_optimizer(model: PreRanker, config: TrainConfig) -> TrainOptimizer:
     dense_group = {"params": dense, "name": DENSE, "base_lr": config.learning_rate}
     table_group = {"params": tables, "name": EMBEDDINGS, "base_lr": table_rate, "lr": table_rate}
     model.table_l2_in_loss = True
+    sparse_table_gradients(model, config.embedding_optimizer == "rowwise_adagrad")
     if config.embedding_optimizer == "adam":
         # One group in the model's parameter order when the rates agree: the state of a single Adam, as ever.
         groups = [dense_group, table_group] if config.embedding_learning_rate else [{**dense_group, "params": list(model.parameters())}]

@@ -10,7 +10,7 @@ from model.build import build_model
 from model.config import ModelConfig, OnlineConfig, TrainConfig
 from model.features import FeatureEncoder
 from model.online import OnlineTrainer
-from model.optim import RowwiseAdagrad, build_optimizer
+from model.optim import RowwiseAdagrad, build_optimizer, clip_grad_norm, sparse_table_gradients
 from tests.conftest import make_synthetic_like_table
 
 SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4, normalization="layer", wide=True)
@@ -115,3 +115,26 @@ def test_scaling_to_the_batch_keeps_each_groups_own_rate():
     trainer.scale_to_batch(16)
     rates = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert rates == pytest.approx({"dense": 1e-3 / 4, "embeddings": 0.05 / 4})
+
+
+def _one_step(sparse: bool, max_norm: float):
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    optimizer = build_optimizer(model, ROWWISE)
+    sparse_table_gradients(model, sparse)
+    model.train()
+    model.loss(_batch(seed=4)).total.backward()
+    assert model.item_encoder.embeddings.tables["item_id"].weight.grad.is_sparse == sparse
+    norm = clip_grad_norm(list(model.parameters()), max_norm)
+    optimizer.step()
+    return norm, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3], ids=["clipped", "not clipped"])
+def test_sparse_and_dense_table_gradients_step_alike(max_norm):
+    """Sparse gradients (the fast path) and dense ones (all-reduced ranks) give the same step and norm."""
+    sparse_norm, sparse_weights = _one_step(True, max_norm)
+    dense_norm, dense_weights = _one_step(False, max_norm)
+    torch.testing.assert_close(sparse_norm, dense_norm)
+    for a, b in zip(sparse_weights, dense_weights):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
