@@ -16,8 +16,9 @@ events/s is events over the seconds the steps took (scoring included), measured 
 same run. The printed table is a freshness curve like Monolith's AUC against its sync
 interval: one row per model and span, mean and std over seeds.
 
-The logistic regression steps at ``--lr-learning-rate`` (0.01, its better setting on
-ML-100K); the towers at the config's [train] learning_rate.
+The logistic regression steps with Adam at ``--lr-learning-rate`` (0.01, its better
+setting on ML-100K) on every weight; the towers as the config's [train] says (by default
+Adam at learning_rate for dense layers, row-wise Adagrad for the embedding tables).
 
 Data: ML-100K with `configs/movielens.toml` (features, [train], [online]); it holds about
 14 events per hour, in bursts. The synthetic stream (`SyntheticLogConfig`, default
@@ -111,7 +112,10 @@ def run(ds: EncodedLog, kind: str, span: int | None, seed: int, max_events: int,
     """One model online from the first event, prequential; scored over the latest 20%."""
     torch.manual_seed(seed)
     model = build_model(dataclasses.replace(ds.model, kind=kind))
-    train = dataclasses.replace(ds.train, seed=seed, **({"learning_rate": lr_learning_rate} if kind == "lr" else {}))
+    # The logistic regression keeps its best measured setting: Adam at 0.01 over everything
+    # (row-wise Adagrad at 0.01 scored 0.6954 against Adam's 0.7546 on ML-100K at 5m spans).
+    lr_settings = {"learning_rate": lr_learning_rate, "embedding_optimizer": "adam"} if kind == "lr" else {}
+    train = dataclasses.replace(ds.train, seed=seed, **lr_settings)
     trainer = OnlineTrainer(model, train, ds.online)
     n = len(ds.data)
     start = n - round(EVAL_FRACTION * n)

@@ -96,12 +96,12 @@ class ModelConfig:
     embedding_dim: int = field(default=32, metadata={"ge": 1})
     hidden: tuple[int, ...] = (300, 300, 128)
     dropout: float = field(default=0.2, metadata={"ge": 0.0, "lt": 1.0})
-    # After each Linear of a tower: "batch" (the paper's BatchNorm), "layer" (LayerNorm:
-    # per row, so one event trains as a batch does), "none".
-    normalization: Literal["batch", "layer", "none"] = "batch"
+    # After each Linear of a tower: "layer" (LayerNorm: per row, so one event trains as a
+    # batch does), "batch" (the paper's BatchNorm), "none".
+    normalization: Literal["batch", "layer", "none"] = "layer"
     # Beside the towers' interaction, a logistic regression's scalar per field value on
     # each side (`model.towers.LinearSide`); the item's is stored with its index vectors.
-    wide: bool = False
+    wide: bool = True
     embedding_init_std: float = field(default=1e-2, metadata={"gt": 0.0})
     linear_init_std: float | None = None  # None: PyTorch's defaults; the authors' code uses 1e-4
     light_se: Literal["paper", "residual", "off"] = "residual"
@@ -138,10 +138,12 @@ class TrainConfig:
     """Optimisation settings shared by the offline reproduction and the online trainer."""
 
     learning_rate: float = field(default=1e-3, metadata={"gt": 0.0})
-    # The embedding tables' optimizer (`model.optim`): "adam" as the dense layers, or
-    # "rowwise_adagrad" (one accumulator per row, steps only the rows a batch touched).
-    embedding_optimizer: Literal["adam", "rowwise_adagrad"] = "adam"
-    embedding_learning_rate: float | None = field(default=None, metadata={"gt": 0.0})  # None: learning_rate
+    # The embedding tables' optimizer (`model.optim`): "rowwise_adagrad" (one accumulator
+    # per row, steps only the rows a batch touched, L2 on those rows) or "adam" (as the
+    # dense layers; the paper's).
+    embedding_optimizer: Literal["adam", "rowwise_adagrad"] = "rowwise_adagrad"
+    # None: 0.01 for row-wise Adagrad (`model.optim.ROWWISE_LEARNING_RATE`), learning_rate for Adam.
+    embedding_learning_rate: float | None = field(default=None, metadata={"gt": 0.0})
     batch_size: int = field(default=2048, metadata={"ge": 1})
     max_epochs: int = field(default=10, metadata={"ge": 1})
     patience: int = field(default=3, metadata={"ge": 1})

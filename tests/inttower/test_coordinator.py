@@ -37,7 +37,7 @@ from monitoring.config import MonitoringConfig
 from stream.broker import free_port
 from tests.conftest import make_synthetic_like_table
 
-SMALL = ModelConfig(hidden=(32, 32, 16), embedding_dim=8, heads=2, head_dim=8)
+SMALL = ModelConfig(hidden=(32, 32, 16), embedding_dim=8, heads=2, head_dim=8, normalization="batch")  # buffers to average
 SPAWN_TIMEOUT_S = 120
 
 

@@ -14,7 +14,7 @@ from model.features import FeatureEncoder
 from model.online import OnlineTrainer
 from tests.conftest import make_synthetic_like_table
 
-SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4)
+SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4, normalization="batch")  # CS3's first-pass norms
 ALL_ON = CS3Config(cycle_adaptive=True, cross_tower_sync=True, cascade_sharing=True)
 ADDONS = {
     "cycle": CS3Config(cycle_adaptive=True),

@@ -12,8 +12,9 @@ from model.features import FeatureEncoder
 from model.inttower import IntTower, LightSE
 from tests.conftest import make_synthetic_like_table
 
-SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4)
-#: The freshness options (LayerNorm, per-side scalars): the same contracts must hold.
+#: The paper's towers (BatchNorm, no per-side scalars) and the defaults (LayerNorm, scalars):
+#: the same contracts hold for both.
+SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4, normalization="batch", wide=False)
 FRESH = replace(SMALL, normalization="layer", wide=True)
 
 

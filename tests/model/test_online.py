@@ -144,7 +144,7 @@ def test_a_continued_fit_scales_step_size_and_batchnorm_momentum_to_each_steps_e
     encoder = FeatureEncoder(SMALL.features)
     data = encoder.encode(make_synthetic_like_table(600, seed=3))
     torch.manual_seed(0)
-    model = build_model(SMALL)
+    model = build_model(replace(SMALL, normalization="batch"))
     train = TrainConfig(batch_size=128, max_epochs=1, learning_rate=1e-3)
     result = fit(model, data.select(slice(0, 500)), data.select(slice(500, 600)), train, progress=False)
     assert result.batch_size == 128 and result.steps == 4
@@ -157,7 +157,7 @@ def test_a_continued_fit_scales_step_size_and_batchnorm_momentum_to_each_steps_e
     assert norms and all(m.momentum == pytest.approx(0.1 * 32 / 128) for m in norms)
     cold.step(_batches(1, rows=32)[0])
     assert cold.optimizer.param_groups[0]["lr"] == TrainConfig().learning_rate  # nothing to scale from
-    restored = OnlineTrainer(build_model(SMALL), train, OnlineConfig())
+    restored = OnlineTrainer(build_model(replace(SMALL, normalization="batch")), train, OnlineConfig())
     restored.load_state_dict(warm.state_dict())
     assert restored.reference_batch == 128 and _trainer(window=0).reference_batch is None
     root = OnlineTrainer(model, train, OnlineConfig(scale_to_batch="sqrt"))

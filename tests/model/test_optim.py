@@ -15,6 +15,7 @@ from tests.conftest import make_synthetic_like_table
 
 SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4, normalization="layer", wide=True)
 ROWWISE = TrainConfig(embedding_optimizer="rowwise_adagrad", embedding_learning_rate=0.05)
+ADAM = TrainConfig(embedding_optimizer="adam")  # the paper's: one Adam over everything
 
 
 def _batch(rows=16, seed=0):
@@ -49,6 +50,7 @@ def test_rowwise_adagrad_steps_touched_rows_by_their_own_history():
 
 def test_tables_and_dense_layers_get_their_own_optimizer_and_rate():
     model = build_model(SMALL)
+    assert build_optimizer(model, TrainConfig()).param_groups[1]["lr"] == 0.01  # row-wise Adagrad's own default rate
     optimizer = build_optimizer(model, ROWWISE)
     assert not model.table_l2_in_loss  # the optimizer applies lambda_2 to the rows it steps
     groups = {g["name"]: g for g in optimizer.param_groups}
@@ -56,10 +58,10 @@ def test_tables_and_dense_layers_get_their_own_optimizer_and_rate():
     tables = {id(p) for t in model.field_embeddings() for p in t.parameters()}
     assert {id(p) for p in groups["embeddings"]["params"]} == tables
     assert len(groups["dense"]["params"]) + len(tables) == len(list(model.parameters()))
-    adam = build_optimizer(model, TrainConfig(embedding_learning_rate=0.01))
+    adam = build_optimizer(model, replace(ADAM, embedding_learning_rate=0.01))
     assert model.table_l2_in_loss
     assert [g["lr"] for g in adam.param_groups] == [TrainConfig().learning_rate, 0.01]
-    single = build_optimizer(model, TrainConfig())
+    single = build_optimizer(model, ADAM)
     assert [p for g in single.param_groups for p in g["params"]] == list(model.parameters())  # a single Adam, as before
 
 
@@ -89,7 +91,7 @@ def test_rowwise_trainer_restores_exactly_and_keeps_untouched_rows():
 
 
 def test_state_of_another_embedding_optimizer_is_refused():
-    adam = OnlineTrainer(build_model(SMALL), TrainConfig(), OnlineConfig())
+    adam = OnlineTrainer(build_model(SMALL), ADAM, OnlineConfig())
     adam.step(_batch())
     rowwise = OnlineTrainer(build_model(SMALL), ROWWISE, OnlineConfig())
     with pytest.raises(ValueError, match="embedding_optimizer differs"):
@@ -98,11 +100,11 @@ def test_state_of_another_embedding_optimizer_is_refused():
 
 def test_a_single_adams_state_from_before_the_split_still_loads():
     torch.manual_seed(0)
-    trainer = OnlineTrainer(build_model(SMALL), TrainConfig(), OnlineConfig())
+    trainer = OnlineTrainer(build_model(SMALL), ADAM, OnlineConfig())
     trainer.step(_batch())
     state = trainer.state_dict()
     old = {**state, "optimizer": state["optimizer"]["dense"]}  # what a checkpoint held: one Adam's state dict
-    restored = OnlineTrainer(build_model(SMALL), TrainConfig(), OnlineConfig())
+    restored = OnlineTrainer(build_model(SMALL), ADAM, OnlineConfig())
     restored.load_state_dict(old)
     assert restored.optimizer.param_groups[0]["base_lr"] == TrainConfig().learning_rate
     moments = zip(state["optimizer"]["dense"]["state"].values(), restored.optimizer.state_dict()["dense"]["state"].values())
