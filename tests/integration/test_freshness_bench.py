@@ -7,7 +7,9 @@ import argparse
 import numpy as np
 import pytest
 
-from bench.freshness import main, span_batches, span_ms
+from bench.freshness import main, span_batches, span_ms, with_settings
+from bench.logs import EncodedLog
+from model.config import ModelConfig, OnlineConfig, TrainConfig
 
 
 def test_spans_cut_batches_by_event_time_and_count() -> None:
@@ -38,3 +40,14 @@ def test_tiny_run_prints_a_freshness_table_and_plots_it(capsys: pytest.CaptureFi
         auc = float(row.split("|")[4].split()[0])
         assert 0.0 <= auc <= 1.0
     assert "| lr | event | 400 |" in out  # one step per event
+
+
+def test_settings_change_the_towers_config_for_an_ablation() -> None:
+    ds = EncodedLog("x", ModelConfig(), TrainConfig(), OnlineConfig(), None, np.zeros(0, np.int64))
+    changed = with_settings(ds, ['model.normalization="batch"', "model.wide=false", "model.hidden=[8, 4]",
+                                 'train.embedding_optimizer="adam"'])
+    assert (changed.model.normalization, changed.model.wide, changed.model.hidden) == ("batch", False, (8, 4))
+    assert changed.train.embedding_optimizer == "adam" and changed.train.learning_rate == TrainConfig().learning_rate
+    for bad in ("wide=false", "online.cir_window=3", "model.wide"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            with_settings(ds, [bad])
