@@ -11,11 +11,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from index_sync.index import LiveIndex
 from index_sync.snapshot_files import SnapshotWriter
 from stream.broker import free_port
 from tests.conftest import REPO_ROOT
-from tests.serving.test_service import LOG, MODEL, _publish
+from tests.serving.test_service import LOG, _publish, new_live_index
 
 CONFIG_TOML = """
 [model]
@@ -37,7 +36,7 @@ def _get(url: str) -> tuple[int, dict]:
 def test_serve_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     index_dir = tmp_path / "index"
     index_dir.mkdir()
-    _publish(SnapshotWriter(index_dir, keep=3), LiveIndex(MODEL.heads, MODEL.head_dim), seed=1)
+    _publish(SnapshotWriter(index_dir, keep=3), new_live_index(), seed=1)
     (tmp_path / "c.toml").write_text(CONFIG_TOML)
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "inttower.cli", "serve", "--index-dir", str(index_dir),

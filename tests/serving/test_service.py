@@ -40,9 +40,17 @@ def _publish(writer: SnapshotWriter, live: LiveIndex, seed: int) -> int:
     return version.version
 
 
+def new_live_index() -> LiveIndex:
+    """An empty index of the shape MODEL's item vectors have (each head's p, plus 2 for the per-side scalars)."""
+    items = LOG.slice(0, 1)
+    with torch.no_grad():
+        vectors = build_model(MODEL).eval().encode_items(FeatureEncoder(MODEL.features).encode_tower(items, "item"))
+    return LiveIndex(vectors.shape[1], vectors.shape[2])
+
+
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[ServiceThread, SnapshotWriter, LiveIndex]]:
-    writer, live = SnapshotWriter(tmp_path, keep=5), LiveIndex(MODEL.heads, MODEL.head_dim)
+    writer, live = SnapshotWriter(tmp_path, keep=5), new_live_index()
     service = ServingService(MODEL, tmp_path, CONFIG)
     server = ServiceThread(service)
     try:
@@ -177,7 +185,7 @@ def test_metrics_count_requests_errors_and_the_version(served) -> None:
 
 def test_an_ann_retrieval_answers_what_the_exact_scan_answers_when_it_searches_widely(tmp_path: Path) -> None:
     """`[serving] retrieval = "hnsw"`: the ANN index is built when the version loads, before any request."""
-    writer, live = SnapshotWriter(tmp_path, keep=5), LiveIndex(MODEL.heads, MODEL.head_dim)
+    writer, live = SnapshotWriter(tmp_path, keep=5), new_live_index()
     _publish(writer, live, seed=1)
     wide = dataclasses.replace(CONFIG, retrieval="hnsw", hits_per_query=100_000, ef_search=100_000)
     answers = {}
