@@ -90,16 +90,22 @@ class FEBlock(nn.Module):
     # c = 1 / (L H scale). Each head pair's product gains (b_i + b_u) c whichever item head
     # it is, so every max gains it, the sum over the L H user heads gains (b_i + b_u) / scale,
     # and the logit gains exactly b_u + b_i.
-    def with_user_scalar(self, user: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
-        """(B, L, H, p) user heads and (B,) scalars -> (B, L, H, p + 2)."""
+    def with_user_scalar(self, user: torch.Tensor, side: nn.Module | None, inputs: TowerInputs) -> torch.Tensor:
+        """(B, L, H, p) user heads -> (B, L, H, p + 2) with ``side``'s scalars; unchanged without a side."""
+        if side is None:
+            return user
+        scalar = side(inputs)
         b, layers, heads, _ = user.shape
         unit = (1.0 / (layers * heads)) * torch.exp(-self.log_scale).to(user.dtype)
         extra = torch.stack([unit.expand(b), scalar.to(user.dtype) * unit], dim=-1)
         return torch.cat([user, extra.view(b, 1, 1, 2).expand(b, layers, heads, 2)], dim=-1)
 
     @staticmethod
-    def with_item_scalar(items: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
-        """(N, H, p) item heads and (N,) scalars -> (N, H, p + 2)."""
+    def with_item_scalar(items: torch.Tensor, side: nn.Module | None, inputs: TowerInputs) -> torch.Tensor:
+        """(N, H, p) item heads -> (N, H, p + 2) with ``side``'s scalars; unchanged without a side."""
+        if side is None:
+            return items
+        scalar = side(inputs)
         n, heads, _ = items.shape
         extra = torch.stack([scalar.to(items.dtype), torch.ones_like(scalar, dtype=items.dtype)], dim=-1)
         return torch.cat([items, extra.view(n, 1, 2).expand(n, heads, 2)], dim=-1)
@@ -177,9 +183,7 @@ class IntTower(PreRanker):
             sources = layer_inputs if self.config.fe_user_layers == "layer_inputs" else [*layer_inputs[1:], out]
             b = out.shape[0]
             heads = [proj(h).view(b, self.config.heads, self.config.head_dim) for proj, h in zip(self.user_projections, sources)]
-        vectors = self.fe.prepare(torch.stack(heads, dim=1))
-        if self.user_wide is not None:
-            vectors = self.fe.with_user_scalar(vectors, self.user_wide(user))
+        vectors = self.fe.with_user_scalar(self.fe.prepare(torch.stack(heads, dim=1)), self.user_wide, user)
         return TowerSide(vectors, tower=out, cir=heads[-1].flatten(1))
 
     def _item_side(self, item: TowerInputs) -> TowerSide:
@@ -189,9 +193,7 @@ class IntTower(PreRanker):
             heads = out.unsqueeze(1)
         else:
             heads = self.item_projection(out).view(out.shape[0], self.config.heads, self.config.head_dim)
-        vectors = self.fe.prepare(heads)
-        if self.item_wide is not None:
-            vectors = self.fe.with_item_scalar(vectors, self.item_wide(item))
+        vectors = self.fe.with_item_scalar(self.fe.prepare(heads), self.item_wide, item)
         return TowerSide(vectors, tower=out, cir=heads.flatten(1))
 
     @property

@@ -154,7 +154,6 @@ class OnlineTrainer:
         self.online = online
         self.optimizer = build_optimizer(model, train)
         self._parameters = list(model.parameters())
-        self.learning_rate = train.learning_rate
         self.reference_batch: int | None = None  # the batch size of the fit this trainer continues (`continue_from`)
         self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._norm_momentum = [m.momentum for m in self._norms]

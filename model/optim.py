@@ -122,21 +122,17 @@ def sparse_table_gradients(model: nn.Module, sparse: bool) -> None:
 
 def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """`torch.nn.utils.clip_grad_norm_` over dense and sparse gradients alike; the total norm before clipping."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    sparse = [g for g in grads if g.is_sparse]
-    if not sparse:
+    with_grad = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in with_grad):
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    dense = [g for g in grads if not g.is_sparse]
-    for p in parameters:
-        if p.grad is not None and p.grad.is_sparse:
+    for p in with_grad:
+        if p.grad.is_sparse:
             p.grad = p.grad.coalesce()  # duplicate rows summed: the norm is the row sums'
-    norms = [torch.linalg.vector_norm(g) for g in dense]
-    norms += [torch.linalg.vector_norm(p.grad.values()) for p in parameters if p.grad is not None and p.grad.is_sparse]
-    total = torch.linalg.vector_norm(torch.stack(norms))
+    total = torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(p.grad.values() if p.grad.is_sparse else p.grad) for p in with_grad]))
     coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for p in parameters:
-        if p.grad is not None:
-            p.grad.mul_(coefficient)
+    for p in with_grad:
+        p.grad.mul_(coefficient)
     return total
 
 

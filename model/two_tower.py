@@ -41,16 +41,12 @@ class TwoTower(PreRanker):
     def _user_side(self, user: TowerInputs) -> TowerSide:
         _, out = self.user_encoder(user, self._summary("item"))
         vectors = F.normalize(out, dim=-1).view(out.shape[0], 1, 1, -1)  # (B, 1, 1, D)
-        if self.user_wide is not None:
-            vectors = self.fe.with_user_scalar(vectors, self.user_wide(user))
-        return TowerSide(vectors, tower=out)
+        return TowerSide(self.fe.with_user_scalar(vectors, self.user_wide, user), tower=out)
 
     def _item_side(self, item: TowerInputs) -> TowerSide:
         _, out = self.item_encoder(item, self._summary("user"))
         vectors = F.normalize(out, dim=-1).view(out.shape[0], 1, -1)  # (N, 1, D)
-        if self.item_wide is not None:
-            vectors = self.fe.with_item_scalar(vectors, self.item_wide(item))
-        return TowerSide(vectors, tower=out)
+        return TowerSide(self.fe.with_item_scalar(vectors, self.item_wide, item), tower=out)
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.fe(user, items)

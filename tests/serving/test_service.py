@@ -14,6 +14,7 @@ import torch
 from index_sync.index import LiveIndex
 from index_sync.serving import ServingSnapshot
 from index_sync.snapshot_files import SnapshotWriter
+from index_sync.sync import item_vector_shape
 from model.build import build_model
 from model.config import ModelConfig
 from model.features import FeatureEncoder
@@ -42,10 +43,7 @@ def _publish(writer: SnapshotWriter, live: LiveIndex, seed: int) -> int:
 
 def new_live_index() -> LiveIndex:
     """An empty index of the shape MODEL's item vectors have (each head's p, plus 2 for the per-side scalars)."""
-    items = LOG.slice(0, 1)
-    with torch.no_grad():
-        vectors = build_model(MODEL).eval().encode_items(FeatureEncoder(MODEL.features).encode_tower(items, "item"))
-    return LiveIndex(vectors.shape[1], vectors.shape[2])
+    return LiveIndex(*item_vector_shape(build_model(MODEL), FeatureEncoder(MODEL.features), LOG.slice(0, 1)))
 
 
 @pytest.fixture()
