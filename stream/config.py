@@ -68,9 +68,10 @@ class StreamConfig:
     dead_letter_topic: str = "clicks.dead-letter"
     group_id: str = "inttower-trainer"
     assignment: Literal["group", "static"] = "group"
-    # Kafka client library of the consumer: kafka-python (pure Python) or confluent-kafka
-    # (librdkafka: record parsing in C, which leaves the training step more CPU).
-    client: Literal["kafka-python", "confluent"] = "kafka-python"
+    # Kafka client library of the consumer: confluent-kafka (librdkafka: record parsing in
+    # C, which leaves the training step more CPU) or kafka-python (pure Python, no native
+    # library: the fallback where librdkafka >= 2.2 cannot be installed).
+    client: Literal["kafka-python", "confluent"] = "confluent"
     max_batch_events: int = field(default=2048, metadata={"ge": 1})
     max_batch_ms: int = field(default=200, metadata={"ge": 1})
     # Close a batch before its events span more than this much event time (ms); 0: no limit.

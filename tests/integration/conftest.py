@@ -63,6 +63,7 @@ def stream_config() -> Callable[..., StreamConfig]:
     def make(server: EmbeddedBroker, **changes: object) -> StreamConfig:
         base = StreamConfig(
             bootstrap_servers=(server.bootstrap,),
+            client="kafka-python",  # test_consumer_confluent.py runs these tests again on confluent, the default
             session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=TEST_HEARTBEAT_INTERVAL_MS,
             request_timeout_ms=TEST_REQUEST_TIMEOUT_MS,

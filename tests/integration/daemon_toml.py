@@ -17,9 +17,13 @@ def train_process(config: Path) -> subprocess.Popen:
 
 def write_daemon_toml(
     path: Path, bootstrap: str, topic: str, dead_letters: str, workdir: Path, events: int,
-    startup_timeout_s: float = 3.0, extra_daemon: str = "",
+    startup_timeout_s: float = 3.0, extra_daemon: str = "", client: str = "confluent",
 ) -> Path:
-    """A tiny IntTower on ``topic`` that checkpoints every 1,000 events and audits into ``workdir``."""
+    """A tiny IntTower on ``topic`` that checkpoints every 1,000 events and audits into ``workdir``.
+
+    ``client``: the default's, confluent; test_daemon.py's tests ask for kafka-python and
+    test_consumer_confluent.py runs them again on confluent.
+    """
     path.write_text(f"""
 [model]
 hidden = [32, 32, 16]
@@ -29,6 +33,7 @@ head_dim = 8
 [train]
 threads = 1
 [stream]
+client = "{client}"
 bootstrap_servers = ["{bootstrap}"]
 topic = "{topic}"
 dead_letter_topic = "{dead_letters}"

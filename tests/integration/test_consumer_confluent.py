@@ -60,15 +60,11 @@ def stream_config(stream_config: Callable[..., StreamConfig]) -> Callable[..., S
 
 @pytest.fixture(autouse=True)
 def daemon_subprocess_on_confluent(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The daemon subprocess tests write their TOML with `write_daemon_toml`: add the client to it."""
+    """test_daemon.py's subprocess tests write their TOML with `write_daemon_toml`, asking for kafka-python: confluent here."""
     original = daemon_tests.write_daemon_toml
 
     def write(path: Path, *args: object, **kwargs: object) -> Path:
-        written = original(path, *args, **kwargs)
-        text = written.read_text()
-        assert text.count("[stream]\n") == 1
-        written.write_text(text.replace("[stream]\n", '[stream]\nclient = "confluent"\n'))
-        return written
+        return original(path, *args, **{**kwargs, "client": "confluent"})
 
     monkeypatch.setattr(daemon_tests, "write_daemon_toml", write)
 

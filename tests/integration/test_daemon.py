@@ -181,7 +181,7 @@ def test_broker_paused_mid_stream_loses_and_repeats_nothing(broker, stream_confi
 
 
 def _write_config(path: Path, broker, tmp_path: Path, events: int) -> Path:
-    return write_daemon_toml(path, broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, events)
+    return write_daemon_toml(path, broker.bootstrap, TOPIC, DEAD_LETTERS, tmp_path, events, client="kafka-python")
 
 
 def _wait_for_trained(audit: Path, count: int, process: subprocess.Popen) -> None:

@@ -226,7 +226,8 @@ def test_rebalance_mid_stream_resumes_where_batches_left_off(
 
 def test_unreachable_bootstrap_fails_fast_with_one_line(stream_config: MakeConfig) -> None:
     closed = f"127.0.0.1:{free_port()}"
-    config = StreamConfig(bootstrap_servers=(closed,), startup_timeout_s=1.5, session_timeout_ms=2000, heartbeat_interval_ms=500)
+    config = StreamConfig(bootstrap_servers=(closed,), startup_timeout_s=1.5, session_timeout_ms=2000, heartbeat_interval_ms=500,
+                          client="kafka-python")
     started = time.monotonic()
     with pytest.raises(BrokerUnavailableError) as failure:
         ClickStreamConsumer(config, SCHEMA)
