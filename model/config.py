@@ -97,8 +97,12 @@ class ModelConfig:
     hidden: tuple[int, ...] = (300, 300, 128)
     dropout: float = field(default=0.2, metadata={"ge": 0.0, "lt": 1.0})
     # After each Linear of a tower: "layer" (LayerNorm: per row, so one event trains as a
-    # batch does), "batch" (the paper's BatchNorm), "none".
-    normalization: Literal["batch", "layer", "none"] = "layer"
+    # batch does), "batch" (the paper's BatchNorm), "stream" (`model.stream_norm`: per
+    # feature on running statistics that move with every event; BatchNorm's offline
+    # accuracy, trains at any batch size), "none".
+    normalization: Literal["batch", "layer", "stream", "none"] = "layer"
+    # "stream": the running statistics' horizon in events (a batch of n weighs 1-(1-1/H)^n).
+    norm_horizon_events: int = field(default=10_000, metadata={"ge": 1})
     # Beside the towers' interaction, a logistic regression's scalar per field value on
     # each side (`model.towers.LinearSide`); the item's is stored with its index vectors.
     wide: bool = True

@@ -23,6 +23,8 @@ plain backbone with the same weights (tested), and learns away from it.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -32,6 +34,13 @@ from model.config import CS3Config, ModelConfig
 from model.features import FeatureBatch
 from model.ranker import SingleTowerRanker
 from model.towers import FieldEmbeddings, MLPTower
+
+
+def _fresh_copy(norm: nn.BatchNorm1d) -> nn.BatchNorm1d:
+    """A norm layer of the same kind and settings (BatchNorm or `StreamNorm`), reset."""
+    fresh = copy.deepcopy(norm)
+    fresh.reset_parameters()
+    return fresh
 
 
 class CycleGate(nn.Module):
@@ -48,7 +57,7 @@ class CycleGate(nn.Module):
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
         self.first_pass_norms = nn.ModuleList(
-            nn.BatchNorm1d(m.num_features) for m in mlp.modules() if isinstance(m, nn.BatchNorm1d)
+            _fresh_copy(m) for m in mlp.modules() if isinstance(m, nn.BatchNorm1d)
         )
 
     def forward(self, first_pass_output: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from model.base import CIRNegatives, ModelOutput, PreRanker, TowerSide
 from model.config import ModelConfig
 from model.cs3 import attach as attach_cs3
 from model.features import FeatureBatch, TowerInputs
-from model.towers import TowerEncoder, init_linear_, wide_sides
+from model.towers import TowerEncoder, init_linear_, normalization_layer, wide_sides
 
 
 class LightSE(nn.Module):
@@ -154,7 +154,7 @@ class IntTower(PreRanker):
         self.user_encoder, self.item_encoder = (
             TowerEncoder(
                 config.tower_fields(tower), config.embedding_dim, config.embedding_init_std,
-                config.hidden, config.dropout, config.normalization, attention,
+                config.hidden, config.dropout, normalization_layer(config), attention,
             )
             for tower in ("user", "item")
         )

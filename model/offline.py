@@ -19,6 +19,7 @@ from model.base import PreRanker
 from model.config import TrainConfig
 from model.features import FeatureBatch
 from model.optim import build_optimizer
+from model.stream_norm import batch_gradients
 from monitoring.quality import log_loss, roc_auc
 
 EVAL_BATCH = 8192
@@ -100,18 +101,20 @@ def fit(
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         started = time.perf_counter()
-        for batch in tqdm(_shuffled_batches(train, config.batch_size, generator), desc=f"epoch {epoch}", unit="batch",
-                          leave=False, disable=not progress):
-            if len(batch) < 2:  # BatchNorm needs two rows
-                continue
-            batch = batch.to(device)
-            if steps == 0:
-                model.init_output_bias(batch)
-            loss = model.loss(batch).total
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps, events = steps + 1, events + len(batch)
+        batches = tqdm(_shuffled_batches(train, config.batch_size, generator), desc=f"epoch {epoch}", unit="batch",
+                       leave=False, disable=not progress)
+        with batch_gradients(model):  # shuffled batches: StreamNorm may use the batch's statistics
+            for batch in batches:
+                if len(batch) < 2:  # BatchNorm needs two rows
+                    continue
+                batch = batch.to(device)
+                if steps == 0:
+                    model.init_output_bias(batch)
+                loss = model.loss(batch).total
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps, events = steps + 1, events + len(batch)
         epoch_seconds.append(time.perf_counter() - started)
         auc = evaluate(model, validation).auc
         history.append(auc)

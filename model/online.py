@@ -26,6 +26,7 @@ from model.cs3 import CrossTowerSync
 from model.features import FeatureBatch
 from model.offline import FitResult
 from model.optim import build_optimizer, clip_grad_norm
+from model.stream_norm import StreamNorm
 
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
 SKIP_NON_FINITE_GRADIENT = "non_finite_gradient"
@@ -109,12 +110,14 @@ class CIRWindow:
 
 
 @contextlib.contextmanager
-def _running_statistics_frozen_if(frozen: bool, model: nn.Module):
-    """Leave running statistics alone: BatchNorm's (it cannot use batch statistics of one
-    row, so such a batch uses the running ones) and CS3's cross-tower summaries (a
-    stand-in batch must not move them)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
-    syncs = [m for m in model.modules() if isinstance(m, CrossTowerSync)] if frozen else []
+def _running_statistics_frozen_if(frozen: bool, model: nn.Module, single_row: bool = False):
+    """Leave running statistics alone when ``frozen`` (a stand-in batch must not move
+    them): BatchNorm's and CS3's cross-tower summaries. ``single_row``: BatchNorm cannot
+    use the batch statistics of one row, so such a batch uses the running ones (and
+    leaves CS3's summaries alone); `StreamNorm` steps on one row as on many."""
+    batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batch_norms if frozen else [m for m in batch_norms if single_row and not isinstance(m, StreamNorm)]
+    syncs = [m for m in model.modules() if isinstance(m, CrossTowerSync)] if frozen or single_row else []
     for m in norms:
         m.eval()
     for m in syncs:
@@ -155,7 +158,10 @@ class OnlineTrainer:
         self.optimizer = build_optimizer(model, train)
         self._parameters = list(model.parameters())
         self.reference_batch: int | None = None  # the batch size of the fit this trainer continues (`continue_from`)
-        self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        # BatchNorm's momentum is per batch (`scale_to_batch`); StreamNorm's horizon is in events.
+        self._norms = [
+            m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, StreamNorm)
+        ]
         self._norm_momentum = [m.momentum for m in self._norms]
         self.window = CIRWindow(online.cir_window)
         self.steps = 0
@@ -238,7 +244,7 @@ class OnlineTrainer:
             if self.on_bias_init is not None:
                 self.on_bias_init(initialized)
         self.model.train()
-        with _running_statistics_frozen_if(len(batch) < 2 or stand_in, self.model), self._precision():
+        with _running_statistics_frozen_if(stand_in, self.model, single_row=len(batch) < 2), self._precision():
             output = self.training_module(batch)
             negatives = self.window.negatives() if self.steps >= self.online.cir_window_warmup_steps else None
             parts = self.model.loss(batch, output, negatives)

@@ -13,7 +13,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.features import FeatureBatch, TowerInputs
-from model.towers import FieldEmbeddings, MLPTower
+from model.towers import FieldEmbeddings, MLPTower, normalization_layer
 
 CROSS_LAYERS = 3
 
@@ -45,7 +45,7 @@ class SingleTowerRanker(nn.Module):
         self.item_embeddings = item_embeddings or FieldEmbeddings(config.tower_fields("item"), config.embedding_dim, config.embedding_init_std)
         dim = sum(e.num_fields * e.dim + e.num_numeric for e in (self.user_embeddings, self.item_embeddings))
         self.cross = CrossNetwork(dim, CROSS_LAYERS)
-        self.deep = MLPTower(dim, config.hidden, config.dropout, config.normalization)
+        self.deep = MLPTower(dim, config.hidden, config.dropout, normalization_layer(config))
         self.head = nn.Linear(dim + config.hidden[-1], 1)
 
     def _x0(self, user: TowerInputs, item: TowerInputs) -> torch.Tensor:

@@ -11,6 +11,7 @@ from torch import nn
 from model.config import FeatureField, ModelConfig
 from model.features import TowerInputs
 from model.hashing import PADDING_ID
+from model.stream_norm import StreamNorm
 
 
 class FieldEmbeddings(nn.Module):
@@ -91,8 +92,13 @@ def wide_sides(config: ModelConfig) -> tuple[LinearSide | None, LinearSide | Non
     return tuple(LinearSide(config.tower_fields(tower), config.embedding_init_std) for tower in ("user", "item"))
 
 
-#: ``[model] normalization``: the layer after each Linear of a tower ("none": nothing).
-NORMALIZATIONS: dict[str, type[nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+def normalization_layer(config: ModelConfig) -> Callable[[int], nn.Module] | None:
+    """``[model] normalization``: the layer after each Linear of a tower, by width (None: nothing)."""
+    if config.normalization == "none":
+        return None
+    if config.normalization == "stream":
+        return functools.partial(StreamNorm, horizon_events=config.norm_horizon_events)
+    return {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}[config.normalization]
 
 
 class MLPTower(nn.Module):
@@ -100,19 +106,22 @@ class MLPTower(nn.Module):
 
     The paper's normalisation is BatchNorm. LayerNorm normalises each row by itself, so a
     batch of one event trains as any other (BatchNorm has no statistics of one row: such
-    a step runs on its running statistics, which then never move).
+    a step runs on its running statistics, which then never move); `StreamNorm` trains
+    on running statistics that move with every event.
     `forward` returns every layer's input and the final output, because FE-Block
     projects the user tower's intermediate layers.
     """
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...], dropout: float, normalization: str) -> None:
+    def __init__(
+        self, in_dim: int, hidden: tuple[int, ...], dropout: float, normalization: Callable[[int], nn.Module] | None,
+    ) -> None:
         super().__init__()
         layers = []
         dims = (in_dim, *hidden)
         for d_in, d_out in zip(dims[:-1], dims[1:]):
             block: list[nn.Module] = [nn.Linear(d_in, d_out)]
-            if normalization != "none":
-                block.append(NORMALIZATIONS[normalization](d_out))
+            if normalization is not None:
+                block.append(normalization(d_out))
             block += [nn.ReLU(), nn.Dropout(dropout)]
             layers.append(nn.Sequential(*block))
         self.layers = nn.ModuleList(layers)
@@ -153,7 +162,7 @@ class TowerEncoder(nn.Module):
         embedding_init_std: float,
         hidden: tuple[int, ...],
         dropout: float,
-        normalization: str,
+        normalization: Callable[[int], nn.Module] | None,
         attention: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ from model.config import ModelConfig
 from model.cs3 import attach as attach_cs3
 from model.features import TowerInputs
 from model.inttower import FEBlock
-from model.towers import LinearSide, TowerEncoder, init_linear_, wide_sides
+from model.towers import LinearSide, TowerEncoder, init_linear_, normalization_layer, wide_sides
 
 
 class TwoTower(PreRanker):
@@ -29,7 +29,7 @@ class TwoTower(PreRanker):
         self.user_encoder, self.item_encoder = (
             TowerEncoder(
                 config.tower_fields(tower), config.embedding_dim, config.embedding_init_std,
-                config.hidden, config.dropout, config.normalization,
+                config.hidden, config.dropout, normalization_layer(config),
             )
             for tower in ("user", "item")
         )

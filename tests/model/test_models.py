@@ -16,13 +16,14 @@ from tests.conftest import make_synthetic_like_table
 #: the same contracts hold for both.
 SMALL = ModelConfig(hidden=(16, 16, 8), embedding_dim=4, heads=2, head_dim=4, normalization="batch", wide=False)
 FRESH = replace(SMALL, normalization="layer", wide=True)
+STREAM = replace(FRESH, normalization="stream")
 
 
 def _batch(rows=64, seed=0):
     return FeatureEncoder(SMALL.features).encode(make_synthetic_like_table(rows, seed))
 
 
-@pytest.mark.parametrize("base", [SMALL, FRESH], ids=["paper", "fresh"])
+@pytest.mark.parametrize("base", [SMALL, FRESH, STREAM], ids=["paper", "fresh", "stream"])
 @pytest.mark.parametrize("kind", ["inttower", "two_tower", "lr"])
 def test_item_vector_is_bit_identical_whatever_else_is_in_the_batch(kind, base, cpu_threads):
     torch.manual_seed(0)
@@ -47,7 +48,7 @@ def test_item_vector_is_bit_identical_whatever_else_is_in_the_batch(kind, base, 
         assert torch.equal(model.encode_items(batch.item.select(slice(5, 5 + size)))[:1], alone)
 
 
-@pytest.mark.parametrize("base", [SMALL, FRESH], ids=["paper", "fresh"])
+@pytest.mark.parametrize("base", [SMALL, FRESH, STREAM], ids=["paper", "fresh", "stream"])
 @pytest.mark.parametrize("kind", ["inttower", "two_tower", "lr"])
 def test_score_of_encoded_parts_equals_forward(kind, base):
     torch.manual_seed(0)
