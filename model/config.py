@@ -148,6 +148,10 @@ class TrainConfig:
     embedding_optimizer: Literal["adam", "rowwise_adagrad"] = "rowwise_adagrad"
     # None: 0.01 for row-wise Adagrad (`model.optim.ROWWISE_LEARNING_RATE`), learning_rate for Adam.
     embedding_learning_rate: float | None = field(default=None, metadata={"gt": 0.0})
+    # Row-wise Adagrad: a looked-up row steps on "event_sum", the sum of its own events'
+    # gradients (full size however many events share the batch), or "batch_mean", the
+    # batch-mean loss's gradient (diluted by the batch's size).
+    table_gradient: Literal["event_sum", "batch_mean"] = "event_sum"
     batch_size: int = field(default=2048, metadata={"ge": 1})
     max_epochs: int = field(default=10, metadata={"ge": 1})
     patience: int = field(default=3, metadata={"ge": 1})

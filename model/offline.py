@@ -113,7 +113,7 @@ def fit(
                 loss = model.loss(batch).total
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                optimizer.step(len(batch))
                 steps, events = steps + 1, events + len(batch)
         epoch_seconds.append(time.perf_counter() - started)
         auc = evaluate(model, validation).auc

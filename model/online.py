@@ -267,7 +267,7 @@ class OnlineTrainer:
                 reason = SKIP_NON_FINITE_GRADIENT
                 self.optimizer.zero_grad(set_to_none=True)
             else:
-                self.optimizer.step()
+                self.optimizer.step(len(batch) if step_events is None else step_events)
                 self.steps += 1
                 if not stand_in:
                     self.events_trained += len(batch)

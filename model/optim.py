@@ -35,10 +35,19 @@ class RowwiseAdagrad(torch.optim.Optimizer):
     the batch (and the padding row) keep their weights and accumulators. Gradients may be
     sparse (`sparse_table_gradients`: the rows come with them) or dense (rows whose
     gradient is exactly zero are the untouched ones: a full scan of the table).
+
+    ``sum_events``: g is the batch-mean loss's gradient times ``events`` (set before each
+    step, `TrainOptimizer.step`), the sum of the row's own events' gradients. A row seen
+    once in a batch of 300 then steps as it would in a batch of one; with the mean, its
+    step shrinks with the batch, and the accumulator, filled by the full-size gradients
+    of small batches, shrinks it further. Measured on ML-100K streams cut by event time
+    (README, "Freshness"): +0.8 to +1.8 AUC points at 5-minute to 6-hour spans.
     """
 
-    def __init__(self, params, lr: float, eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(self, params, lr: float, eps: float = 1e-8, weight_decay: float = 0.0, sum_events: bool = False) -> None:
         super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay})
+        self.sum_events = sum_events
+        self.events = 1
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -58,6 +67,8 @@ class RowwiseAdagrad(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+                if self.sum_events and self.events != 1:
+                    g = g * float(self.events)
                 if group["weight_decay"]:
                     g = g + group["weight_decay"] * p.index_select(0, rows)
                 total = state["sum"].index_select(0, rows) + g.float().pow(2).mean(dim=1)
@@ -86,8 +97,11 @@ class TrainOptimizer:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self) -> None:
+    def step(self, events: int = 1) -> None:
+        """One step on the gradients of a batch-mean loss over ``events`` events."""
         for optimizer in self.optimizers.values():
+            if isinstance(optimizer, RowwiseAdagrad):
+                optimizer.events = events
             optimizer.step()
 
     def state_dict(self) -> dict:
@@ -170,5 +184,6 @@ def build_optimizer(model: PreRanker, config: TrainConfig) -> TrainOptimizer:
     model.table_l2_in_loss = False
     return TrainOptimizer({
         DENSE: torch.optim.Adam([dense_group], lr=config.learning_rate, fused=True),
-        EMBEDDINGS: RowwiseAdagrad([table_group], lr=table_rate, weight_decay=l2),
+        EMBEDDINGS: RowwiseAdagrad([table_group], lr=table_rate, weight_decay=l2,
+                                   sum_events=config.table_gradient == "event_sum"),
     })

@@ -48,6 +48,28 @@ def test_rowwise_adagrad_steps_touched_rows_by_their_own_history():
     assert grads[2].abs().sum() > 0
 
 
+@pytest.mark.parametrize("sum_events", [True, False])
+def test_a_row_steps_on_its_own_events_however_many_share_the_batch(sum_events):
+    """``[train] table_gradient = "event_sum"``: a row looked up once in a batch of 5 steps as in a batch of 1."""
+    steps = {}
+    for ids in ([3], [3, 1, 2, 4, 5]):
+        torch.manual_seed(0)
+        table = torch.nn.Embedding(6, 3, padding_idx=0)
+        optimizer = _trainer_optimizer(table, sum_events)
+        for _ in range(3):
+            optimizer.zero_grad()
+            table(torch.tensor(ids)).sum(dim=1).pow(2).mean().backward()  # a batch-mean loss
+            optimizer.step(len(ids))
+        steps[len(ids)] = table.weight[3].detach().clone()
+    assert torch.allclose(steps[1], steps[5]) == sum_events
+
+
+def _trainer_optimizer(table: torch.nn.Embedding, sum_events: bool):
+    from model.optim import EMBEDDINGS, TrainOptimizer
+
+    return TrainOptimizer({EMBEDDINGS: RowwiseAdagrad(table.parameters(), lr=0.1, weight_decay=0.5, sum_events=sum_events)})
+
+
 def test_tables_and_dense_layers_get_their_own_optimizer_and_rate():
     model = build_model(SMALL)
     assert build_optimizer(model, TrainConfig()).param_groups[1]["lr"] == 0.01  # row-wise Adagrad's own default rate
