@@ -26,7 +26,7 @@ from model.cs3 import CrossTowerSync
 from model.features import FeatureBatch
 from model.offline import FitResult
 from model.optim import build_optimizer, clip_grad_norm
-from model.stream_norm import StreamNorm
+from model.stream_norm import batch_statistics_norms
 
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
 SKIP_NON_FINITE_GRADIENT = "non_finite_gradient"
@@ -115,8 +115,10 @@ def _running_statistics_frozen_if(frozen: bool, model: nn.Module, single_row: bo
     them): BatchNorm's and CS3's cross-tower summaries. ``single_row``: BatchNorm cannot
     use the batch statistics of one row, so such a batch uses the running ones (and
     leaves CS3's summaries alone); `StreamNorm` steps on one row as on many."""
-    batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    norms = batch_norms if frozen else [m for m in batch_norms if single_row and not isinstance(m, StreamNorm)]
+    if frozen:
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    else:
+        norms = batch_statistics_norms(model) if single_row else []
     syncs = [m for m in model.modules() if isinstance(m, CrossTowerSync)] if frozen or single_row else []
     for m in norms:
         m.eval()
@@ -159,9 +161,7 @@ class OnlineTrainer:
         self._parameters = list(model.parameters())
         self.reference_batch: int | None = None  # the batch size of the fit this trainer continues (`continue_from`)
         # BatchNorm's momentum is per batch (`scale_to_batch`); StreamNorm's horizon is in events.
-        self._norms = [
-            m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, StreamNorm)
-        ]
+        self._norms = batch_statistics_norms(model)
         self._norm_momentum = [m.momentum for m in self._norms]
         self.window = CIRWindow(online.cir_window)
         self.steps = 0

@@ -67,35 +67,36 @@ class StreamNorm(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        mean, var = self.running_mean.clone(), self.running_var.clone()
-        sigma = (var + self.eps).sqrt()
+        if len(x) == 0:
+            return x
+        # Normalised before `_track` moves the statistics in place (nothing below reads them after).
+        sigma = (self.running_var + self.eps).sqrt()
+        batch_mean, batch_var = x.mean(dim=0), x.var(dim=0, unbiased=False)
         if self.batch_gradient and len(x) >= 2:
-            batch_mean = x.mean(dim=0)
-            batch_sigma = (x.var(dim=0, unbiased=False) + self.eps).sqrt()
+            batch_sigma = (batch_var + self.eps).sqrt()
             r = (batch_sigma / sigma).detach().clamp(1.0 / RENORM_R_MAX, RENORM_R_MAX)
-            d = ((batch_mean - mean) / sigma).detach().clamp(-RENORM_D_MAX, RENORM_D_MAX)
+            d = ((batch_mean - self.running_mean) / sigma).detach().clamp(-RENORM_D_MAX, RENORM_D_MAX)
             normalized = (x - batch_mean) / batch_sigma * r + d
         else:
-            normalized = (x - mean) / sigma
-        self._track(x.detach())
+            normalized = (x - self.running_mean) / sigma
+        self._track(batch_mean.detach().float(), batch_var.detach().float(), len(x))
         return normalized * self.weight + self.bias
 
     @torch.no_grad()
-    def _track(self, x: torch.Tensor) -> None:
-        n = len(x)
-        if n == 0:
-            return
+    def _track(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, n: int) -> None:
         # On the device: no host synchronisation per layer and step.
         cumulative = n / (self.events_tracked.float() + n + PRIOR_EVENTS)
         w = cumulative.clamp(min=1.0 - (1.0 - 1.0 / self.horizon_events) ** n)
-        x = x.float()
-        batch_mean = x.mean(dim=0)
-        batch_var = x.var(dim=0, unbiased=False)
         delta = batch_mean - self.running_mean
         self.running_var.mul_(1.0 - w).add_(w * batch_var + w * (1.0 - w) * delta.square())
         self.running_mean.add_(w * delta)
         self.events_tracked += n
         self.num_batches_tracked += 1
+
+
+def batch_statistics_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers that train on batch statistics (every one but `StreamNorm`)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, StreamNorm)]
 
 
 @contextlib.contextmanager
