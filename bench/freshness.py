@@ -4,6 +4,8 @@
                               [--models lr,two_tower,inttower] [--spans event,5m,1h,6h,24h]
                               [--synthetic-events 100000] [--max-batch-events 2048] [--threads N]
                               [--plot docs/freshness.png] [--set model.normalization='"batch"' ...]
+                              [--save runs/freshness-ml.json]
+    python -m bench.freshness --merge runs/freshness-ml.json runs/freshness-syn.json [--plot ...]
 
 Every model trains online from the first event of a log in event-time order,
 test-then-train: each batch is scored by the model as it is, then trained on. Batches
@@ -33,13 +35,16 @@ train.embedding_optimizer='"adam"'``. The logistic regression is left as it is.
 
 Cost: per-event batches are one optimizer step per event (~100k steps per data set and
 model and seed): the full default run takes hours on 2 CPU cores. Split it with
-``--datasets``, ``--models``, ``--spans`` and ``--seeds``.
+``--datasets``, ``--models``, ``--spans`` and ``--seeds``, each part with ``--save``
+(every run's figures as JSON); ``--merge`` then prints the tables and draws the plot of
+the parts together (runs of the same data set, model and span are pooled), running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import statistics
 import time
@@ -158,8 +163,30 @@ def _mean_std(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 
-def print_table(ds: EncodedLog, results: dict[tuple[str, str], list[Run]]) -> None:
-    print(f"\n{ds.name}: AUC and logloss of the prequential predictions over the latest {EVAL_FRACTION:.0%} "
+Tables = dict[str, dict[tuple[str, str], list[Run]]]
+
+
+def save(tables: Tables, path: Path, args: argparse.Namespace) -> None:
+    """Every run so far, one record per data set, model, span and seed, with the settings that made them."""
+    records = [{"dataset": name, "model": kind, "span": span, "seed": seed, **dataclasses.asdict(r)}
+               for name, results in tables.items() for (kind, span), runs in results.items() for seed, r in enumerate(runs)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": args.set, "max_batch_events": args.max_batch_events,
+                                "synthetic_events": args.synthetic_events, "runs": records}, indent=1))
+
+
+def merge_saved(paths: list[Path]) -> Tables:
+    """The runs of several ``--save`` files as one set of tables (data sets, models and spans in first-seen order)."""
+    tables: Tables = {}
+    for path in paths:
+        for record in json.loads(path.read_text())["runs"]:
+            run_ = Run(**{f.name: record[f.name] for f in dataclasses.fields(Run)})
+            tables.setdefault(record["dataset"], {}).setdefault((record["model"], record["span"]), []).append(run_)
+    return tables
+
+
+def print_table(name: str, results: dict[tuple[str, str], list[Run]]) -> None:
+    print(f"\n{name}: AUC and logloss of the prequential predictions over the latest {EVAL_FRACTION:.0%} "
           f"({len(results[next(iter(results))])} seeds)")
     print("| model | span | batches | AUC | logloss | events/s |\n|---|---|---|---|---|---|")
     for (kind, span), runs in results.items():
@@ -168,7 +195,7 @@ def print_table(ds: EncodedLog, results: dict[tuple[str, str], list[Run]]) -> No
               flush=True)
 
 
-def plot(tables: dict[str, dict[tuple[str, str], list[Run]]], path: str) -> None:
+def plot(tables: Tables, path: str) -> None:
     """AUC against span, one panel per data set, one line per model (mean, error bars: std over seeds)."""
     import matplotlib
 
@@ -210,7 +237,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", help="write the freshness curve (AUC against span) to this PNG")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="change the towers' [model] or [train] (TOML value), e.g. model.normalization='\"batch\"'")
+    parser.add_argument("--save", help="write every run's figures to this JSON file (for --merge)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="print and plot the runs saved by earlier --save runs")
     args = parser.parse_args(argv)
+    if args.merge:
+        tables = merge_saved([Path(p) for p in args.merge])
+        for name, results in tables.items():
+            print_table(name, results)
+        if args.plot:
+            plot(tables, args.plot)
+        return
     datasets, models = names_from(parser, args.datasets, DATASETS, "data set"), names_from(parser, args.models, MODELS, "model")
     spans = args.spans.split(",")
     try:
@@ -220,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    tables: dict[str, dict[tuple[str, str], list[Run]]] = {}
+    tables: Tables = {}
     for name in datasets:
         try:
             ds = with_settings(load(name, args), args.set)
@@ -234,8 +270,10 @@ def main(argv: list[str] | None = None) -> None:
                 r = results[(kind, span)]
                 print(f"  {kind:<9} span {span:<5} AUC {_mean_std([x.auc for x in r], 4)}  "
                       f"{statistics.fmean(x.events_per_s for x in r):,.0f} events/s", flush=True)
-        print_table(ds, results)
+        print_table(ds.name, results)
         tables[name] = results
+        if args.save:
+            save(tables, Path(args.save), args)
     if args.plot:
         plot(tables, args.plot)
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)

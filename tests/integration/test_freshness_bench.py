@@ -51,3 +51,18 @@ def test_settings_change_the_towers_config_for_an_ablation() -> None:
     for bad in ("wide=false", "online.cir_window=3", "model.wide"):
         with pytest.raises(argparse.ArgumentTypeError):
             with_settings(ds, [bad])
+
+
+def test_split_runs_saved_then_merged_pool_their_seeds(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    common = ["--datasets", "synthetic", "--synthetic-events", "300", "--models", "lr", "--threads", "1"]
+    main(common + ["--spans", "1h", "--seeds", "2", "--save", str(tmp_path / "a.json")])
+    main(common + ["--spans", "6h", "--seeds", "1", "--save", str(tmp_path / "b.json")])
+    first = capsys.readouterr().out
+    main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--plot", str(tmp_path / "merged.png")])
+    merged = capsys.readouterr().out
+    assert (tmp_path / "merged.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [line for line in merged.splitlines() if line.startswith("| lr")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1h", "6h"]
+    for row in rows:  # each merged row is the row its own run printed: same seeds pooled, same figures
+        assert row in first
+    assert "±" in rows[0] and "±" not in rows[1]  # two seeds pooled against one
