@@ -182,15 +182,22 @@ def merge_saved(paths: list[Path]) -> Tables:
         for record in json.loads(path.read_text())["runs"]:
             run_ = Run(**{f.name: record[f.name] for f in dataclasses.fields(Run)})
             tables.setdefault(record["dataset"], {}).setdefault((record["model"], record["span"]), []).append(run_)
-    return tables
+    return {name: dict(sorted(results.items(), key=lambda item: (MODELS.index(item[0][0]), _span_order(item[0][1]))))
+            for name, results in tables.items()}
+
+
+def _span_order(span: str) -> int:
+    """Spans from the freshest: ``event`` first, then by length."""
+    value = span_ms(span)
+    return -1 if value is None else value
 
 
 def print_table(name: str, results: dict[tuple[str, str], list[Run]]) -> None:
     print(f"\n{name}: AUC and logloss of the prequential predictions over the latest {EVAL_FRACTION:.0%} "
-          f"({len(results[next(iter(results))])} seeds)")
-    print("| model | span | batches | AUC | logloss | events/s |\n|---|---|---|---|---|---|")
+          f"(mean ± std over seeds)")
+    print("| model | span | seeds | batches | AUC | logloss | events/s |\n|---|---|---|---|---|---|---|")
     for (kind, span), runs in results.items():
-        print(f"| {kind} | {span} | {runs[0].steps:,} | {_mean_std([r.auc for r in runs], 4)} | "
+        print(f"| {kind} | {span} | {len(runs)} | {runs[0].steps:,} | {_mean_std([r.auc for r in runs], 4)} | "
               f"{_mean_std([r.logloss for r in runs], 4)} | {statistics.fmean(r.events_per_s for r in runs):,.0f} |",
               flush=True)
 
@@ -204,10 +211,11 @@ def plot(tables: Tables, path: str) -> None:
 
     fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
     for ax, (name, results) in zip(axes[0], tables.items()):
-        spans = list(dict.fromkeys(span for _, span in results))
+        spans = sorted(dict.fromkeys(span for _, span in results), key=_span_order)
         for kind in dict.fromkeys(kind for kind, _ in results):
-            aucs = [[r.auc for r in results[(kind, span)]] for span in spans]
-            ax.errorbar(range(len(spans)), [statistics.fmean(a) for a in aucs],
+            measured = [i for i, span in enumerate(spans) if (kind, span) in results]  # a model may skip a span
+            aucs = [[r.auc for r in results[(kind, spans[i])]] for i in measured]
+            ax.errorbar(measured, [statistics.fmean(a) for a in aucs],
                         yerr=[statistics.stdev(a) if len(a) > 1 else 0.0 for a in aucs], marker="o", capsize=3, label=kind)
         ax.set_xticks(range(len(spans)), spans)
         ax.set_xlabel("event time per batch (span)")

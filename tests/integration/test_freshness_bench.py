@@ -37,9 +37,9 @@ def test_tiny_run_prints_a_freshness_table_and_plots_it(capsys: pytest.CaptureFi
     rows = [line for line in out.splitlines() if line.startswith("| lr") or line.startswith("| two_tower")]
     assert len(rows) == 4
     for row in rows:
-        auc = float(row.split("|")[4].split()[0])
+        auc = float(row.split("|")[5].split()[0])
         assert 0.0 <= auc <= 1.0
-    assert "| lr | event | 400 |" in out  # one step per event
+    assert "| lr | event | 1 | 400 |" in out  # one seed, one step per event
 
 
 def test_settings_change_the_towers_config_for_an_ablation() -> None:
