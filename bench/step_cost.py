@@ -4,7 +4,7 @@
 
 One prequential step (score, then one optimizer step) on batches of 1 and 16 events
 from the synthetic stream, for IntTower and the logistic regression: the paper's towers
-(BatchNorm, one Adam over everything) and the defaults (LayerNorm, per-side scalars,
+(BatchNorm, one Adam over everything) and the defaults (StreamNorm, per-side scalars,
 row-wise Adagrad tables on sparse gradients, fused Adam). All variants run in the same
 process, interleaved round by round, so the ratios compare like with like; the table
 shows the median events/s over rounds and the ratio to the paper's towers.
