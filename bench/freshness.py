@@ -176,7 +176,7 @@ def save(tables: Tables, path: Path, args: argparse.Namespace) -> None:
 
 
 def merge_saved(paths: list[Path]) -> Tables:
-    """The runs of several ``--save`` files as one set of tables (data sets, models and spans in first-seen order)."""
+    """The runs of several ``--save`` files as one set of tables: data sets in first-seen order, then models, spans from the freshest."""
     tables: Tables = {}
     for path in paths:
         for record in json.loads(path.read_text())["runs"]:
