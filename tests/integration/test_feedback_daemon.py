@@ -190,8 +190,10 @@ def test_two_ranks_under_torchrun_join_their_partitions_and_a_one_rank_restart_f
     )
     audit = tmp_path / "trained.txt"
     with TorchrunJob(config, 2, tmp_path / "first.log") as first:
+        # Mid-stream and past a checkpoint: a joined batch can release thousands of impressions
+        # at once, so 2,500 audit lines alone may come before the first checkpoint.
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while len(TrainedEventLog.read(audit)) < 2500:
+        while len(TrainedEventLog.read(audit)) < 2500 or not list((tmp_path / "checkpoints").glob("ckpt-*[0-9]")):
             assert first.process.poll() is None, first.output()[-3000:]
             assert time.monotonic() < deadline, "job made no progress"
             time.sleep(0.05)
