@@ -179,7 +179,6 @@ class OnlineConfig:
     cir_window_warmup_steps: int = field(default=500, metadata={"ge": 0})
     grad_clip_norm: float = field(default=10.0, metadata={"gt": 0.0})
     amp: bool = False  # bfloat16 autocast on CUDA; ignored on the CPU
-    min_batch_events: int = field(default=2, metadata={"ge": 2})  # BatchNorm needs two rows to step
     # Continuing a batch fit: scale the step size ("linear" or "sqrt" rule) and BatchNorm
     # momentum from the fit's batch size to each step's events (`OnlineTrainer.scale_to_batch`).
     scale_to_batch: Literal["linear", "sqrt", "off"] = "linear"
