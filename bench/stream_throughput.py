@@ -1,6 +1,6 @@
 """End-to-end streaming throughput vs the offline step rate of the same model.
 
-    python -m bench.stream_throughput [--events 100000] [--batch 2048] [--model inttower] [--rounds 1]
+    python -m bench.stream_throughput [--events 100000] [--batch 2048] [--model inttower] [--rounds 1] [--threads 0]
 
 For JSON and for Arrow messages: the synthetic log is replayed into a 4-partition topic
 on the embedded broker first, then consumed, decoded, feature-encoded and trained on
@@ -19,7 +19,9 @@ out when confluent-kafka is not installed. A
 shared machine drifts, so every path runs once per round (``--rounds``, interleaved),
 the offline rate before each round and after the last, and the table shows medians.
 The last column is the decoder alone (`decode_messages` on the same messages held in
-memory, thread CPU time): events per second on one core.
+memory, thread CPU time): events per second on one core. ``--threads N`` gives the
+training step (offline and streaming alike) N torch threads: fewer than the cores leaves
+the consumer thread a core of its own, as a trainer on a bigger machine has.
 """
 
 from __future__ import annotations
@@ -160,7 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="inttower", choices=("inttower", "two_tower", "lr"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every path; medians are printed")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of the step, offline and streaming alike (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     table = generate_synthetic_log(SyntheticLogConfig(events=args.events, seed=0))
     print(f"{args.events} synthetic events, {args.model}, batch {args.batch}, device {device}, "
