@@ -210,6 +210,7 @@ def librdkafka_options(config: StreamConfig) -> dict[str, Any]:
         "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
         "fetch.max.bytes": config.fetch_max_bytes,
         "message.max.bytes": max(1000, config.fetch_max_bytes),
+        "queued.max.messages.kbytes": config.client_queue_kbytes,
         "socket.timeout.ms": config.request_timeout_ms,
         "check.crcs": config.check_crcs is not False,
         "security.protocol": config.security_protocol.lower(),

@@ -160,3 +160,48 @@ def test_a_backlog_is_read_across_partitions_from_the_start(
     print(client, positions)
     assert sorted(positions) == list(range(PARTITIONS))
     assert max(positions.values()) - min(positions.values()) < 1500
+
+
+def _fetched_ahead(config: StreamConfig, messages: int) -> tuple[int, int]:
+    """Consuming ``messages`` slowly, the most messages (and their bytes) librdkafka had received and not handed out."""
+    import json
+
+    import confluent_kafka
+
+    from stream.consumer_clients import librdkafka_options
+
+    taken, taken_bytes, most, most_bytes = 0, 0, 0, 0
+
+    def on_stats(raw: str) -> None:
+        nonlocal most, most_bytes
+        partitions = json.loads(raw)["topics"].get(config.topic, {}).get("partitions", {})
+        received = [(p["rxmsgs"], p["rxbytes"]) for key, p in partitions.items() if key != "-1"]
+        most = max(most, sum(m for m, _ in received) - taken)
+        most_bytes = max(most_bytes, sum(b for _, b in received) - taken_bytes)
+
+    consumer = confluent_kafka.Consumer({**librdkafka_options(config), "stats_cb": on_stats, "statistics.interval.ms": 100})
+    try:
+        consumer.assign([confluent_kafka.TopicPartition(config.topic, p, confluent_kafka.OFFSET_BEGINNING)
+                         for p in range(PARTITIONS)])
+        while taken < messages:  # ~50 a second: the fetcher has time to fill whatever it may
+            for message in consumer.consume(num_messages=1, timeout=0.02):
+                taken += 1
+                taken_bytes += len(message.value() or b"")
+            time.sleep(0.02)
+    finally:
+        consumer.close()
+    return most, most_bytes
+
+
+def test_client_queue_kbytes_bounds_what_librdkafka_fetches_ahead(
+    broker: EmbeddedBroker, stream_config: Callable[..., StreamConfig], clicks: pa.Table,
+) -> None:
+    """What librdkafka fetches ahead stays near the configured KiB; its default (64 MiB) takes the whole backlog."""
+    topic = "clicks-queue"
+    create_topic(broker.bootstrap, topic, PARTITIONS)
+    replay(clicks, stream_config(broker, topic=topic), fmt="json", progress=False)
+    capped, capped_bytes = _fetched_ahead(stream_config(broker, topic=topic, client_queue_kbytes=64), 100)
+    default, _ = _fetched_ahead(stream_config(broker, topic=topic, client_queue_kbytes=65_536), 100)
+    print(f"fetched ahead: {capped:,} messages ({capped_bytes:,} bytes) at 64 KiB, {default:,} messages at 64 MiB")
+    assert 0 < capped_bytes <= 64 * 1024 + 2 * StreamConfig().fetch_max_bytes  # one fetch response may overshoot
+    assert default >= clicks.num_rows - 200
