@@ -9,11 +9,13 @@ are replaced by client-neutral ones below, which run on both clients.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import confluent_kafka
 import pyarrow as pa
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -22,6 +24,7 @@ import tests.integration.test_daemon as daemon_tests
 from stream.broker import BrokerUnavailableError, EmbeddedBroker, create_topic, free_port
 from stream.config import StreamConfig
 from stream.consumer import ClickStreamConsumer
+from stream.consumer_clients import librdkafka_options
 from stream.replay import partition_for_key, replay
 from tests.integration.test_daemon import (  # noqa: F401  (collected here, on the confluent client)
     test_broker_paused_mid_stream_loses_and_repeats_nothing,
@@ -164,12 +167,6 @@ def test_a_backlog_is_read_across_partitions_from_the_start(
 
 def _fetched_ahead(config: StreamConfig, messages: int) -> tuple[int, int]:
     """Consuming ``messages`` slowly, the most messages (and their bytes) librdkafka had received and not handed out."""
-    import json
-
-    import confluent_kafka
-
-    from stream.consumer_clients import librdkafka_options
-
     taken, taken_bytes, most, most_bytes = 0, 0, 0, 0
 
     def on_stats(raw: str) -> None:
