@@ -17,7 +17,8 @@ refresh all happen early) and prints the slope in MiB per million events, the gr
 after warm-up and a verdict: flat when |slope| < ``--flat-mib-per-m``.
 
 Writes ``soak.json`` (settings, series, fit), ``soak.png`` and ``daemon.log`` to
-``--out``. The daemon's checkpoints and index versions go to a temp directory removed at
+``--out``; ``--refit runs/soak/soak.json --warmup-fraction 0.35`` refits a saved run
+without running anything (where the heap settles is only known afterwards). The daemon's checkpoints and index versions go to a temp directory removed at
 the end. The broker keeps the topic in memory (Tansu here is memory-only), so its RSS
 grows with the events produced: it is sampled and reported too, but not judged.
 """
@@ -395,6 +396,16 @@ def fit_growth(samples: list[Sample], total_events: int, warmup_fraction: float,
                fitted.low, fitted.high)
 
 
+def medians_by_million(samples: list[Sample], step: int = 1_000_000) -> list[tuple[int, float]]:
+    """Median daemon RSS per ``step`` events trained, as (bucket end, MiB): a level read at a glance,
+    which a slope fitted from one warm-up cut hides when the heap settles late."""
+    buckets: dict[int, list[float]] = {}
+    for s in samples:
+        if math.isfinite(s.rss_mib) and s.events > 0:
+            buckets.setdefault(-(-s.events // step) * step, []).append(s.rss_mib)
+    return [(end, float(np.median(values))) for end, values in sorted(buckets.items())]
+
+
 def layer_slopes(reports: list[dict[str, float]], warmup_events: int) -> dict[str, Slope]:
     """Slope of every memory layer (`MEMORY_LAYERS`) over the daemon's memory reports after warm-up."""
     kept = [r for r in reports if r["events"] >= warmup_events]
@@ -518,7 +529,7 @@ def run_soak(settings: SoakSettings) -> SoakResult:
     return result
 
 
-def _report(result: SoakResult) -> None:
+def _report(result: SoakResult, write: bool = True) -> None:
     s, fit = result.settings, result.fit
     print(f"\ntrained {result.trained:,} events in {result.seconds:.0f} s "
           f"({result.trained / max(result.seconds, 1e-9):,.0f}/s); {result.checkpoints} checkpoints; "
@@ -528,6 +539,10 @@ def _report(result: SoakResult) -> None:
     if rss:
         print(f"daemon RSS: min {min(rss):.1f}, max {max(rss):.1f}, last {rss[-1]:.1f} MiB; "
               f"broker RSS last {result.samples[-1].broker_rss_mib:.1f} MiB (memory-only topic: grows with events produced)")
+    medians = medians_by_million(result.samples)
+    if medians:
+        print("daemon RSS median per 1M events trained (MiB): "
+              + ", ".join(f"{end / 1e6:g}M {mib:.0f}" for end, mib in medians))
     print(f"fit: RSS vs events trained over {fit.points} samples with events >= {fit.warmup_events:,} "
           f"(warm-up = first {s.warmup_fraction:.0%} of events)")
     print(f"slope: {_fmt(fit.slope_mib_per_m, '+.2f')} MiB per 1M events; growth after warm-up: "
@@ -548,13 +563,15 @@ def _report(result: SoakResult) -> None:
         for line in result.traced_growth:
             print(f"  {line}")
     print(fit.verdict(s.flat_mib_per_m), flush=True)
-    result.outputs["json"] = str(_write_json(result))
+    if not write:
+        return
+    result.outputs["json"] = str(save_result(result))
     if s.plot:
         result.outputs["png"] = str(_plot(result))
     print(f"wrote {', '.join(result.outputs.values())} and {s.out / 'daemon.log'}", flush=True)
 
 
-def _write_json(result: SoakResult) -> Path:
+def save_result(result: SoakResult) -> Path:
     path = result.settings.out / "soak.json"
     data = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result.settings).items()},
@@ -573,6 +590,29 @@ def _write_json(result: SoakResult) -> Path:
     }
     path.write_text(json.dumps(_finite(data), indent=1, allow_nan=False))
     return path
+
+
+def load_result(path: Path, warmup_fraction: float | None = None, flat_mib_per_m: float | None = None) -> SoakResult:
+    """A saved run (``soak.json``) refitted, optionally with another warm-up or threshold: a run is
+    expensive, and where its heap settles is only known after it."""
+    data = json.loads(path.read_text())
+    saved = data["settings"]
+    fields = {f.name: f for f in dataclasses.fields(SoakSettings)}
+    known = {k: v for k, v in saved.items() if k in fields}
+    known["out"] = Path(known.get("out", path.parent))
+    for name in ("daemon_env", "daemon_settings"):
+        known[name] = tuple(known.get(name, ()))
+    if warmup_fraction is not None:
+        known["warmup_fraction"] = warmup_fraction
+    if flat_mib_per_m is not None:
+        known["flat_mib_per_m"] = flat_mib_per_m
+    settings = SoakSettings(**known)
+    nan = float("nan")
+    samples = [Sample(**{k: (nan if k == "rss_mib" and v is None else v) for k, v in x.items()}) for x in data["samples"]]
+    fit = fit_growth(samples, settings.trained_target, settings.warmup_fraction, settings.flat_mib_per_m)
+    return SoakResult(settings, samples, fit, data["trained"], data["seconds"], data["checkpoints"], data["daemon_exit"],
+                      data["workdir_bytes"], data.get("memory_reports", []), data.get("sizes", ""),
+                      data.get("traced_growth", []))
 
 
 def _finite(value: object) -> object:
@@ -669,8 +709,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every-s", type=float, default=defaults.checkpoint_every_s)
     parser.add_argument("--sync-interval-s", type=float, default=defaults.sync_interval_s)
     parser.add_argument("--full-refresh-interval-s", type=float, default=defaults.full_refresh_interval_s)
-    parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction, help="events left out of the fit")
-    parser.add_argument("--flat-mib-per-m", type=float, default=defaults.flat_mib_per_m, help="verdict threshold on |slope|")
+    parser.add_argument("--warmup-fraction", type=float,
+                        help=f"events left out of the fit (default {defaults.warmup_fraction:g}, or the saved run's with --refit)")
+    parser.add_argument("--flat-mib-per-m", type=float,
+                        help=f"verdict threshold on |slope| (default {defaults.flat_mib_per_m:g}, or the saved run's with --refit)")
     parser.add_argument("--stall-s", type=float, default=defaults.stall_s)
     parser.add_argument("--memory-report-s", type=float, default=defaults.memory_report_s,
                         help="[daemon] memory_report_every_s: the daemon's memory-by-layer line")
@@ -680,12 +722,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--daemon-setting", dest="daemon_settings", action="append", default=[], metavar="TOML",
                         help="a line added to the daemon's [daemon] table (repeatable), e.g. 'malloc_arena_max = 2'")
     parser.add_argument("--no-plot", dest="plot", action="store_false")
+    parser.add_argument("--refit", type=Path, metavar="SOAK_JSON",
+                        help="run nothing: refit a saved soak.json (with --warmup-fraction / --flat-mib-per-m if given)")
     parser.add_argument("--feedback", action="store_true",
                         help="joined feedback: impressions and later clicks (JSON); the join state fills to --max-pending")
     parser.add_argument("--feedback-window-s", type=float, default=defaults.feedback_window_s,
                         help="[feedback] label_window_s (longer than the run: impressions leave only by max_pending)")
     parser.add_argument("--max-pending", type=int, default=defaults.max_pending, help="[feedback] max_pending")
     args = parser.parse_args(argv)
+    if args.refit is not None:
+        _report(load_result(args.refit, args.warmup_fraction, args.flat_mib_per_m), write=False)
+        return
+    args.warmup_fraction = defaults.warmup_fraction if args.warmup_fraction is None else args.warmup_fraction
+    args.flat_mib_per_m = defaults.flat_mib_per_m if args.flat_mib_per_m is None else args.flat_mib_per_m
     preset_events, preset_sample_s = PRESETS[args.preset] if args.preset else (defaults.events, defaults.sample_s)
     args.events = args.events if args.events is not None else preset_events
     args.sample_s = args.sample_s if args.sample_s is not None else preset_sample_s

@@ -11,7 +11,8 @@ import pytest
 
 import numpy as np
 
-from bench.soak import MEMORY_RE, PRESETS, Sample, SoakSettings, fit_growth, event_count, fit_slope, layer_slopes, run_soak
+from bench.soak import (MEMORY_RE, PRESETS, Sample, SoakResult, SoakSettings, save_result, event_count, fit_growth, fit_slope,
+                        layer_slopes, load_result, main, medians_by_million, run_soak)
 from monitoring.memory import MallocInfo, MemoryReading
 
 
@@ -65,6 +66,28 @@ def test_memory_report_line_is_parsed_by_layer() -> None:
     reports = [{"events": float(e), "rss": 900.0 + e / 1e6, "in_use": 300.0} for e in range(0, 5_000_001, 500_000)]
     slopes = layer_slopes(reports, warmup_events=0)
     assert slopes["RSS"].slope == pytest.approx(1.0) and slopes["malloc in use"].slope == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_saved_run_is_refitted_with_a_later_warmup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settling = [_sample(e, 900.0 + 100.0 * (1 - e / 3e6)) for e in range(100_000, 3_000_001, 100_000)]  # shrinks to 900
+    flat = [_sample(e, 900.0) for e in range(3_100_000, 10_000_001, 100_000)]
+    settings = SoakSettings(events=10_000_000, out=tmp_path, warmup_fraction=0.2, daemon_env=("MALLOC_ARENA_MAX=2",))
+    fit = fit_growth(settling + flat, settings.trained_target, 0.2, 2.0)
+    save_result(SoakResult(settings, settling + flat, fit, 10_000_000, 100.0, 3, 0, 0))
+    assert fit.flat is not True  # the settling tail is inside a 20% warm-up's fit
+    refitted = load_result(tmp_path / "soak.json", warmup_fraction=0.35)
+    assert refitted.fit.flat is True and refitted.fit.warmup_events == 3_500_000
+    assert refitted.settings.daemon_env == ("MALLOC_ARENA_MAX=2",) and refitted.settings.out == tmp_path
+    assert load_result(tmp_path / "soak.json").fit.warmup_events == 2_000_000  # the saved run's own warm-up
+    main(["--refit", str(tmp_path / "soak.json"), "--warmup-fraction", "0.35"])
+    printed = capsys.readouterr().out
+    assert "VERDICT: flat" in printed and "1M 982, 2M 948, 3M 915, 4M 900" in printed
+
+
+def test_rss_medians_are_taken_per_million_events() -> None:
+    samples = [_sample(e, float(e // 1000)) for e in (1, 500_000, 1_000_000, 1_000_001, 1_200_000, 2_500_000)]
+    assert medians_by_million(samples + [_sample(0, 5.0), _sample(3, math.nan)]) == [
+        (1_000_000, 500.0), (2_000_000, 1_100.0), (3_000_000, 2_500.0)]
 
 
 @pytest.mark.slow
