@@ -54,6 +54,7 @@ class SyncReport:
     handoff_seconds: float  # time the training thread spent handing over (its only pause)
     oldest_dirty_age_s: float | None  # freshness of what this sync published
     untouched_drift: float | None  # mean cosine distance of sampled untouched items
+    published: bool = True  # False: nothing changed since the last version, none published
 
 
 @dataclass
@@ -65,6 +66,7 @@ class _Handoff:
     model: PreRanker
     seconds: float
     request: int = 0  # the job request it answers (a late answer to a timed-out job is given back)
+    steps: int = 0  # training steps observed when it was taken
 
 
 def item_vector_shape(model: PreRanker, encoder: FeatureEncoder, sample: pa.Table) -> tuple[int, int]:
@@ -103,6 +105,13 @@ class IndexSync:
         self._scheduler: BackgroundScheduler | None = None
         self._job_lock = threading.Lock()
         self._rng = np.random.default_rng(0)
+        # An idle trainer changes nothing: a sync with no dirty ids or evictions, and a full
+        # refresh with no training step since the last one, publish no version (no disk
+        # write, no reader reload); `last_sync_at` still moves, so liveness stays visible.
+        self._steps_observed = 0
+        self._steps_at_last_full: int | None = None
+        self.skipped = {"sync": 0, "full_refresh": 0}  # jobs that found nothing to publish
+        self.last_sync_at: float | None = None  # unix time the last job completed (published or not)
         self.first_version = 1  # set past the versions already on disk after a restart
         # Called in the publishing thread with each new ServingSnapshot (disk writers).
         self.on_snapshot: list[Callable[[ServingSnapshot], None]] = []
@@ -133,6 +142,7 @@ class IndexSync:
             with self._evicted_lock:
                 self._evicted.append(result.evicted)
         self.dirty.touch(np.unique(table.column("item_id").to_numpy()), now)
+        self._steps_observed += 1
 
     def checkpoint_parts(self) -> dict[str, bytes]:
         """The catalogue and the item keys, as named checkpoint parts (keys only where there are any)."""
@@ -171,7 +181,8 @@ class IndexSync:
             snapshot = copy.deepcopy(self.model).eval()
             for p in snapshot.parameters():
                 p.requires_grad_(False)
-            self._handoffs.put(_Handoff(full, ids, times, evicted, snapshot, time.perf_counter() - started, request))
+            self._handoffs.put(_Handoff(full, ids, times, evicted, snapshot, time.perf_counter() - started, request,
+                                        self._steps_observed))
 
     # -- scheduler thread ------------------------------------------------------------------
     def run_job(self, full: bool = False) -> SyncReport | None:
@@ -197,10 +208,12 @@ class IndexSync:
                     break
                 self._give_back(handoff)  # the late answer to a job that timed out
             try:
-                return self.publish(handoff, requested)
+                report = self.publish(handoff, requested)
             except Exception:
                 self._give_back(handoff)
                 raise
+            self.last_sync_at = time.time()
+            return report
 
     def _give_back(self, handoff: _Handoff) -> None:
         """Unpublished work returns for the next sync: dirty ids, and evictions the index has not seen."""
@@ -224,6 +237,11 @@ class IndexSync:
             heads, dim = item_vector_shape(model, self.encoder, sample.slice(0, 1))
             self.index = LiveIndex(heads, dim, first_version=self.first_version, layout=self.config.layout,
                                    delta_merge_fraction=self.config.delta_merge_fraction)
+        if self._unchanged(handoff, item_ids):
+            self.skipped["full_refresh" if handoff.full else "sync"] += 1
+            assert self.snapshot is not None
+            return SyncReport(self.snapshot.version.version, handoff.full, 0, 0, time.perf_counter() - started,
+                              handoff.seconds, None, None, published=False)
         drift = self._untouched_drift(model, exclude=item_ids) if not handoff.full else None
         # The trainer may evict items between `contains` above and the feature reads: encode
         # returns the ids it found, and the next handoff's evictions remove the others.
@@ -236,6 +254,8 @@ class IndexSync:
         for callback in self.on_snapshot:
             callback(self.snapshot)
         self._forget_keys_outside_catalogue(handoff.evicted)  # out of the index now, and out of the last snapshot
+        if handoff.full:
+            self._steps_at_last_full = handoff.steps
         now = time.time()
         age = float(now - handoff.first_touched.min()) if handoff.first_touched.size else None
         report = SyncReport(version.version, handoff.full, int(item_ids.size), int(handoff.evicted.size),
@@ -243,6 +263,15 @@ class IndexSync:
         self.reports.append(report)
         del self.reports[:-100]
         return report
+
+    def _unchanged(self, handoff: _Handoff, item_ids: np.ndarray) -> bool:
+        """Would this job publish what readers already have? Ids dirty but evicted meanwhile count as
+        nothing: their eviction reaches the index with the next handoff."""
+        if self.snapshot is None or handoff.evicted.size:
+            return False
+        if handoff.full:
+            return handoff.item_ids.size == 0 and handoff.steps == self._steps_at_last_full
+        return item_ids.size == 0
 
     @torch.no_grad()
     def encode(self, model: PreRanker, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -115,8 +115,10 @@ class Telemetry:
             self.metrics.feedback_clicks.labels(outcome)
         for kind in ("sync", "full_refresh"):
             self.metrics.index_sync_duration.labels(kind)
+            self.metrics.index_syncs_skipped.labels(kind)
         self._last_version_seen = 0
         self._evicted_seen = 0
+        self._skipped_seen: dict[str, int] = {}
         self.port: int | None = None
         self._server = None
 
@@ -226,6 +228,13 @@ class Telemetry:
                 self._last_version_seen = report.version
         age = sync.dirty.oldest_age()
         m.index_freshness.set(0.0 if age is None else age)
+        if sync.last_sync_at is not None:
+            m.index_last_sync.set(sync.last_sync_at)
+        for kind, skipped in sync.skipped.items():
+            seen = self._skipped_seen.get(kind, 0)
+            if skipped > seen:
+                m.index_syncs_skipped.labels(kind).inc(skipped - seen)
+                self._skipped_seen[kind] = skipped
         evicted = sync.catalogue.evicted_total
         if evicted > self._evicted_seen:
             m.index_evicted.inc(evicted - self._evicted_seen)

@@ -79,6 +79,12 @@ class TrainerMetrics:
                                      "Age of the oldest trained item not yet in the published index.", registry=r)
         self.index_last_publish = Gauge("inttower_index_last_publish_timestamp_seconds",
                                         "Unix time of the last published index version.", registry=r)
+        self.index_last_sync = Gauge("inttower_index_last_sync_timestamp_seconds",
+                                     "Unix time the last index sync job completed (published, or nothing changed).",
+                                     registry=r)
+        self.index_syncs_skipped = Counter("inttower_index_syncs_skipped_total",
+                                           "Index sync jobs that found nothing changed and published no version.",
+                                           ["kind"], registry=r)
         self.index_untouched_drift = Gauge("inttower_index_untouched_drift_ratio",
                                            "Mean cosine distance between indexed and current vectors of untouched items.",
                                            registry=r)

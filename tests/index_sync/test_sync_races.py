@@ -1,4 +1,4 @@
-"""Index sync under the trainer's feet: evictions mid-publish, failed publishes, shutdown."""
+"""Index sync under the trainer's feet: evictions mid-publish, failed publishes, shutdown; and an idle trainer."""
 
 from __future__ import annotations
 
@@ -123,3 +123,51 @@ def test_stop_wakes_every_waiting_job():
     for job in jobs:
         job.join(timeout=5.0)
     assert done == [None, None]
+
+
+def _job(sync: IndexSync, full: bool = False):
+    _handoff_soon(sync)
+    report = sync.run_job(full=full)
+    assert report is not None
+    return report
+
+
+def test_an_idle_trainer_publishes_no_version_but_its_syncs_still_complete():
+    sync, table = _sync()
+    published = []
+    sync.on_snapshot.append(published.append)
+    sync.observe(table.slice(0, 500))
+    first = _job(sync)
+    assert first.published and first.version == 1 and sync.skipped == {"sync": 0, "full_refresh": 0}
+    _job(sync, full=True)  # the first full refresh: the model moved items nobody touched
+    before = sync.last_sync_at
+    time.sleep(0.01)
+    idle = _job(sync)
+    idle_full = _job(sync, full=True)
+    assert not idle.published and not idle_full.published
+    assert idle.version == idle_full.version == sync.index.current.version == 2  # readers keep what they have
+    assert idle.items_encoded == idle_full.items_encoded == 0
+    assert sync.skipped == {"sync": 1, "full_refresh": 1} and len(published) == 2
+    assert sync.last_sync_at > before  # liveness moves on: the InttowerIndexStale alert watches it
+    assert [r.version for r in sync.reports] == [1, 2]  # skipped jobs are not publish reports
+
+    sync.observe(table.slice(500, 600))
+    delta = _job(sync)
+    assert delta.published and delta.version == 3 and delta.items_encoded > 0
+    # The delta drained the dirty ids, but a step happened since the last full refresh: untouched items moved.
+    full = _job(sync, full=True)
+    assert full.published and full.version == 4 and full.items_encoded == len(sync.catalogue)
+    assert not _job(sync, full=True).published
+
+
+def test_evictions_alone_are_published():
+    sync, table = _sync(max_items=300)
+    sync.observe(table.slice(0, 600))
+    _job(sync, full=True)
+    indexed = set(sync.index.current.item_ids.tolist())
+    sync.observe(table.slice(600, 3000))
+    sync.dirty.drain()  # as if a sync had taken the touched ids: only the evictions are left to publish
+    report = _job(sync)
+    assert report.published and report.items_encoded == 0 and report.items_removed > 0
+    assert not set(sync.index.current.item_ids.tolist()) - set(sync.catalogue.item_ids().tolist())
+    assert set(sync.index.current.item_ids.tolist()) < indexed
