@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     args = parser.parse_args(argv)
+    sizes = tuple(n for n in DIRTY if n <= args.items)  # dirty-set sizes this catalogue can hold
+    if not sizes:
+        parser.error(f"--items {args.items}: at least {DIRTY[0]:,} (the smallest dirty set measured)")
     torch.manual_seed(0)
     config = ModelConfig()
     encoder = FeatureEncoder(config.features)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     all_vectors, _ = sync.index.current.vectors(all_ids)
 
     rng = np.random.default_rng(1)
-    dirty = {n: np.sort(rng.choice(all_ids, n, replace=False)) for n in DIRTY}
+    dirty = {n: np.sort(rng.choice(all_ids, n, replace=False)) for n in sizes}
     encode_s = {}
     encoded = {}
     for n, ids in dirty.items():
@@ -112,19 +115,19 @@ def main(argv: list[str] | None = None) -> None:
         live.publish_full(all_ids, all_vectors)
         one = _rss_mb() - before
         publish_s[layout] = {}
-        live.publish_update(dirty[DIRTY[0]][:100], encoded[DIRTY[0]][:100])  # warm-up: first-use costs
+        live.publish_update(dirty[sizes[0]][:100], encoded[sizes[0]][:100])  # warm-up: first-use costs
         for n, ids in dirty.items():
             t0 = time.perf_counter()
             live.publish_update(ids, encoded[n])
             publish_s[layout][n] = time.perf_counter() - t0
         held = live.current  # a reader still on it while the next goes live
-        live.publish_update(dirty[DIRTY[0]], encoded[DIRTY[0]])
+        live.publish_update(dirty[sizes[0]], encoded[sizes[0]])
         gc.collect()
         memory[layout] = (one, _rss_mb() - before)
         del held, live
     print(f"\n| dirty items of {args.items:,} | encode s | publish s, clone layout | publish s, base + delta | clone / delta |")
     print("|---|---|---|---|---|")
-    for n in DIRTY:
+    for n in sizes:
         c, d = publish_s["clone"][n], publish_s["delta"][n]
         print(f"| {n:,} | {encode_s[n]:.3f} | {c:.3f} | {d:.3f} | {c / d:.1f}x |")
     print("(publish = build the next version off the read path + swap; the delta is cumulative across the rows,"
