@@ -79,6 +79,8 @@ MEMORY_RE = re.compile(
 MEMORY_LAYERS = (("rss", "RSS"), ("anon", "RSS anonymous"), ("in_use", "malloc in use"), ("free", "malloc free"),
                  ("arenas", "malloc arenas"), ("arrow", "Arrow pool"), ("traced", "Python traced"), ("blocks", "Python blocks"))
 COUNT_LAYERS = frozenset({"blocks"})
+#: `Sample` fields saved as null when NaN (a process already gone when sampled).
+NAN_FIELDS = frozenset({"rss_mib", "broker_rss_mib"})
 
 
 @dataclass(frozen=True)
@@ -608,7 +610,7 @@ def load_result(path: Path, warmup_fraction: float | None = None, flat_mib_per_m
         known["flat_mib_per_m"] = flat_mib_per_m
     settings = SoakSettings(**known)
     nan = float("nan")
-    samples = [Sample(**{k: (nan if k == "rss_mib" and v is None else v) for k, v in x.items()}) for x in data["samples"]]
+    samples = [Sample(**{k: (nan if k in NAN_FIELDS and v is None else v) for k, v in x.items()}) for x in data["samples"]]
     fit = fit_growth(samples, settings.trained_target, settings.warmup_fraction, settings.flat_mib_per_m)
     return SoakResult(settings, samples, fit, data["trained"], data["seconds"], data["checkpoints"], data["daemon_exit"],
                       data["workdir_bytes"], data.get("memory_reports", []), data.get("sizes", ""),

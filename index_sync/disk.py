@@ -247,7 +247,9 @@ class IndexReader:
     warning (the writer's directory was reset). A file that fails verification or
     parsing is refused: logged at ERROR naming the file and the mismatch, stored in
     ``last_error``, counted in ``refused_total``, and the last good version stays
-    current. A refused manifest entry is not retried until the manifest changes.
+    current. A refused manifest entry is not retried until the manifest changes: the
+    trainer's next version replaces it, but an idle trainer publishes none (restarting it
+    re-publishes every item).
 
     Thread-safety: `current` may be read from any thread; `maybe_reload` calls are
     serialised by a lock.

@@ -233,7 +233,7 @@ class IndexSync:
             sample = self.catalogue.features(item_ids[: self.config.encode_batch])
             if sample.num_rows == 0:  # nothing to encode yet (or all evicted meanwhile): keep the rest for later
                 self._give_back(handoff)
-                return SyncReport(0, handoff.full, 0, 0, 0.0, handoff.seconds, None, None)
+                return SyncReport(0, handoff.full, 0, 0, 0.0, handoff.seconds, None, None, published=False)
             heads, dim = item_vector_shape(model, self.encoder, sample.slice(0, 1))
             self.index = LiveIndex(heads, dim, first_version=self.first_version, layout=self.config.layout,
                                    delta_merge_fraction=self.config.delta_merge_fraction)

@@ -6,6 +6,8 @@ import threading
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -171,3 +173,25 @@ def test_evictions_alone_are_published():
     assert report.published and report.items_encoded == 0 and report.items_removed > 0
     assert not set(sync.index.current.item_ids.tolist()) - set(sync.catalogue.item_ids().tolist())
     assert set(sync.index.current.item_ids.tolist()) < indexed
+
+
+def test_a_sync_whose_dirty_items_were_all_evicted_publishes_nothing_then_the_eviction():
+    sync, table = _sync(max_items=300)
+    sync.observe(table.slice(0, 600))
+    _job(sync, full=True)
+    sync.observe(table.slice(600, 700))
+    touched = np.unique(table.slice(600, 700).column("item_id").to_numpy())
+    ids, times = sync.dirty.drain()
+    evictions = sync._evicted[:]  # this step's evictions, not yet handed over
+    sync._evicted.clear()
+    others = table.filter(pc.invert(pc.is_in(table.column("item_id"), pa.array(touched))))
+    sync.catalogue.update(others.select(["item_id", "item"]))  # evicts the touched items too...
+    sync._evicted.clear()  # ...without their evictions reaching this sync
+    assert not sync.catalogue.contains(touched).any()
+    sync.dirty.restore(ids, times)
+    skipped = _job(sync)
+    assert not skipped.published and sync.skipped["sync"] == 1
+    sync._evicted.extend(evictions + [touched])  # the evictions arrive with the next handoff
+    removed = _job(sync)
+    assert removed.published and removed.items_removed > 0
+    assert not np.isin(touched, sync.index.current.item_ids).any()

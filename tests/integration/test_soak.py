@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -71,6 +72,7 @@ def test_memory_report_line_is_parsed_by_layer() -> None:
 def test_a_saved_run_is_refitted_with_a_later_warmup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settling = [_sample(e, 900.0 + 100.0 * (1 - e / 3e6)) for e in range(100_000, 3_000_001, 100_000)]  # shrinks to 900
     flat = [_sample(e, 900.0) for e in range(3_100_000, 10_000_001, 100_000)]
+    flat[-1] = dataclasses.replace(flat[-1], broker_rss_mib=math.nan)  # the broker already gone: saved as null
     settings = SoakSettings(events=10_000_000, out=tmp_path, warmup_fraction=0.2, daemon_env=("MALLOC_ARENA_MAX=2",))
     fit = fit_growth(settling + flat, settings.trained_target, 0.2, 2.0)
     save_result(SoakResult(settings, settling + flat, fit, 10_000_000, 100.0, 3, 0, 0))
