@@ -18,8 +18,8 @@ after warm-up and a verdict: flat when |slope| < ``--flat-mib-per-m``.
 
 Writes ``soak.json`` (settings, series, fit), ``soak.png`` and ``daemon.log`` to
 ``--out``; ``--refit runs/soak/soak.json --warmup-fraction 0.35`` refits a saved run
-without running anything (where the heap settles is only known afterwards). The daemon's checkpoints and index versions go to a temp directory removed at
-the end. The broker keeps the topic in memory (Tansu here is memory-only), so its RSS
+without running anything (where the heap settles is only known afterwards). The
+daemon's checkpoints and index versions go to a temp directory removed at the end. The broker keeps the topic in memory (Tansu here is memory-only), so its RSS
 grows with the events produced: it is sampled and reported too, but not judged.
 """
 
@@ -599,8 +599,8 @@ def load_result(path: Path, warmup_fraction: float | None = None, flat_mib_per_m
     expensive, and where its heap settles is only known after it."""
     data = json.loads(path.read_text())
     saved = data["settings"]
-    fields = {f.name: f for f in dataclasses.fields(SoakSettings)}
-    known = {k: v for k, v in saved.items() if k in fields}
+    names = {f.name for f in dataclasses.fields(SoakSettings)}
+    known = {k: v for k, v in saved.items() if k in names}
     known["out"] = Path(known.get("out", path.parent))
     for name in ("daemon_env", "daemon_settings"):
         known[name] = tuple(known.get(name, ()))

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -117,8 +117,7 @@ class Telemetry:
             self.metrics.index_sync_duration.labels(kind)
             self.metrics.index_syncs_skipped.labels(kind)
         self._last_version_seen = 0
-        self._evicted_seen = 0
-        self._skipped_seen: dict[str, int] = {}
+        self._totals_seen: dict[tuple[str, str], float] = {}  # (counter, label) -> the source's total last exported
         self.port: int | None = None
         self._server = None
 
@@ -231,17 +230,18 @@ class Telemetry:
         if sync.last_sync_at is not None:
             m.index_last_sync.set(sync.last_sync_at)
         for kind, skipped in sync.skipped.items():
-            seen = self._skipped_seen.get(kind, 0)
-            if skipped > seen:
-                m.index_syncs_skipped.labels(kind).inc(skipped - seen)
-                self._skipped_seen[kind] = skipped
-        evicted = sync.catalogue.evicted_total
-        if evicted > self._evicted_seen:
-            m.index_evicted.inc(evicted - self._evicted_seen)
-            self._evicted_seen = evicted
+            self._count_to(m.index_syncs_skipped.labels(kind), ("index_syncs_skipped", kind), skipped)
+        self._count_to(m.index_evicted, ("index_evicted", ""), sync.catalogue.evicted_total)
         if sync.snapshot is not None:
             m.index_version.set(sync.snapshot.version.version)
             m.index_items.set(sync.snapshot.version.item_count)
+
+    def _count_to(self, counter: Counter, key: tuple[str, str], total: float) -> None:
+        """Advance ``counter`` to a source's running ``total`` (it only ever grows), by what is new since the last call."""
+        seen = self._totals_seen.get(key, 0)
+        if total > seen:
+            counter.inc(total - seen)
+            self._totals_seen[key] = total
 
     def _index_report(self, report: SyncReport) -> None:
         m = self.metrics

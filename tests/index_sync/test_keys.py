@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from index_sync.config import IndexSyncConfig
 from index_sync.disk import IndexReader
 from index_sync.keys import ItemKeys
 from index_sync.serving import Reader
 from index_sync.snapshot_files import DiskSnapshots, SnapshotWriter, keys_file_name
 from index_sync.sync import IndexSync
 from model.build import build_model
-from model.config import ModelConfig
 from model.features import FeatureEncoder
 from stream.ids import to_index_ids
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
-
-SMALL = ModelConfig(hidden=(16, 8), embedding_dim=4, heads=2, head_dim=4)
+from tests.index_sync.sync_jobs import SMALL, handoff_soon, small_sync
 
 
 def _with_string_items(table: pa.Table) -> pa.Table:
@@ -34,14 +28,11 @@ def _with_string_items(table: pa.Table) -> pa.Table:
 
 
 def _sync(max_items: int = 10_000) -> tuple[IndexSync, pa.Table]:
-    torch.manual_seed(0)
-    sync = IndexSync(IndexSyncConfig(enabled=True, max_items=max_items, handoff_timeout_s=30.0), build_model(SMALL).eval(),
-                     FeatureEncoder(SMALL.features))
-    return sync, _with_string_items(generate_synthetic_log(SyntheticLogConfig(events=2000, seed=2)))
+    return small_sync(max_items), _with_string_items(generate_synthetic_log(SyntheticLogConfig(events=2000, seed=2)))
 
 
 def _publish(sync: IndexSync, full: bool = False) -> None:
-    threading.Thread(target=lambda: (time.sleep(0.1), sync.serve_handoff()), daemon=True).start()
+    handoff_soon(sync)
     sync.run_job(full=full)
 
 

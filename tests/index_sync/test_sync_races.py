@@ -9,35 +9,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-import torch
 
 from index_sync.config import IndexSyncConfig
 from index_sync.sync import IndexSync
-from model.build import build_model
-from model.config import ModelConfig
-from model.features import FeatureEncoder
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
-
-SMALL = ModelConfig(hidden=(16, 8), embedding_dim=4, heads=2, head_dim=4)
+from tests.index_sync.sync_jobs import handoff_soon, run_sync_job, small_sync
 
 
 def _sync(max_items: int = 10_000, **config) -> tuple[IndexSync, object]:
-    torch.manual_seed(0)
-    model = build_model(SMALL).eval()
-    sync = IndexSync(IndexSyncConfig(enabled=True, max_items=max_items, handoff_timeout_s=30.0, **config), model,
-                     FeatureEncoder(SMALL.features))
-    table = generate_synthetic_log(SyntheticLogConfig(events=3000, seed=2))
-    return sync, table
-
-
-def _handoff_soon(sync: IndexSync) -> None:
-    threading.Thread(target=lambda: (time.sleep(0.1), sync.serve_handoff()), daemon=True).start()
+    return small_sync(max_items, **config), generate_synthetic_log(SyntheticLogConfig(events=3000, seed=2))
 
 
 def test_items_evicted_between_the_membership_check_and_the_feature_read_are_skipped_not_mismatched():
     sync, table = _sync(max_items=400)
     sync.observe(table.slice(0, 1000))
-    _handoff_soon(sync)
+    handoff_soon(sync)
     sync.run_job()
     sync.observe(table.slice(1000, 1400))
     ids = np.unique(table.slice(1000, 1400).column("item_id").to_numpy())
@@ -49,7 +35,7 @@ def test_items_evicted_between_the_membership_check_and_the_feature_read_are_ski
         return mask
 
     sync.catalogue.contains = contains_then_evict
-    _handoff_soon(sync)
+    handoff_soon(sync)
     report = sync.run_job()
     sync.catalogue.contains = real_contains
     kept = ids[real_contains(ids)]
@@ -64,17 +50,17 @@ def test_items_evicted_between_the_membership_check_and_the_feature_read_are_ski
 def test_a_failed_publish_keeps_its_evictions_for_the_next_sync():
     sync, table = _sync(max_items=300)
     sync.observe(table.slice(0, 600))
-    _handoff_soon(sync)
+    handoff_soon(sync)
     sync.run_job(full=True)
     first = set(sync.index.current.item_ids.tolist())
     sync.observe(table.slice(600, 3000))  # evicts many of the indexed items
     real_publish = sync.index.publish_update
     sync.index.publish_update = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
-    _handoff_soon(sync)
+    handoff_soon(sync)
     with pytest.raises(RuntimeError, match="disk full"):
         sync.run_job()
     sync.index.publish_update = real_publish
-    _handoff_soon(sync)
+    handoff_soon(sync)
     sync.run_job()
     indexed = set(sync.index.current.item_ids.tolist())
     in_catalogue = set(sync.catalogue.item_ids().tolist())
@@ -104,7 +90,7 @@ def test_a_late_handoff_to_a_timed_out_job_is_given_back_not_taken_by_the_next_j
     sync.serve_handoff()  # ... and now the training loop answers the old request
     sync.observe(table.slice(300, 300))  # rows 300-599
     sync.config = IndexSyncConfig(enabled=True, handoff_timeout_s=30.0)
-    _handoff_soon(sync)
+    handoff_soon(sync)
     report = sync.run_job(full=False)
     assert report is not None
     both = np.unique(table.slice(0, 600).column("item_id").to_numpy())
@@ -127,25 +113,18 @@ def test_stop_wakes_every_waiting_job():
     assert done == [None, None]
 
 
-def _job(sync: IndexSync, full: bool = False):
-    _handoff_soon(sync)
-    report = sync.run_job(full=full)
-    assert report is not None
-    return report
-
-
 def test_an_idle_trainer_publishes_no_version_but_its_syncs_still_complete():
     sync, table = _sync()
     published = []
     sync.on_snapshot.append(published.append)
     sync.observe(table.slice(0, 500))
-    first = _job(sync)
+    first = run_sync_job(sync)
     assert first.published and first.version == 1 and sync.skipped == {"sync": 0, "full_refresh": 0}
-    _job(sync, full=True)  # the first full refresh: the model moved items nobody touched
+    run_sync_job(sync, full=True)  # the first full refresh: the model moved items nobody touched
     before = sync.last_sync_at
     time.sleep(0.01)
-    idle = _job(sync)
-    idle_full = _job(sync, full=True)
+    idle = run_sync_job(sync)
+    idle_full = run_sync_job(sync, full=True)
     assert not idle.published and not idle_full.published
     assert idle.version == idle_full.version == sync.index.current.version == 2  # readers keep what they have
     assert idle.items_encoded == idle_full.items_encoded == 0
@@ -154,22 +133,22 @@ def test_an_idle_trainer_publishes_no_version_but_its_syncs_still_complete():
     assert [r.version for r in sync.reports] == [1, 2]  # skipped jobs are not publish reports
 
     sync.observe(table.slice(500, 600))
-    delta = _job(sync)
+    delta = run_sync_job(sync)
     assert delta.published and delta.version == 3 and delta.items_encoded > 0
     # The delta drained the dirty ids, but a step happened since the last full refresh: untouched items moved.
-    full = _job(sync, full=True)
+    full = run_sync_job(sync, full=True)
     assert full.published and full.version == 4 and full.items_encoded == len(sync.catalogue)
-    assert not _job(sync, full=True).published
+    assert not run_sync_job(sync, full=True).published
 
 
 def test_evictions_alone_are_published():
     sync, table = _sync(max_items=300)
     sync.observe(table.slice(0, 600))
-    _job(sync, full=True)
+    run_sync_job(sync, full=True)
     indexed = set(sync.index.current.item_ids.tolist())
     sync.observe(table.slice(600, 3000))
     sync.dirty.drain()  # as if a sync had taken the touched ids: only the evictions are left to publish
-    report = _job(sync)
+    report = run_sync_job(sync)
     assert report.published and report.items_encoded == 0 and report.items_removed > 0
     assert not set(sync.index.current.item_ids.tolist()) - set(sync.catalogue.item_ids().tolist())
     assert set(sync.index.current.item_ids.tolist()) < indexed
@@ -178,7 +157,7 @@ def test_evictions_alone_are_published():
 def test_a_sync_whose_dirty_items_were_all_evicted_publishes_nothing_then_the_eviction():
     sync, table = _sync(max_items=300)
     sync.observe(table.slice(0, 600))
-    _job(sync, full=True)
+    run_sync_job(sync, full=True)
     sync.observe(table.slice(600, 700))
     touched = np.unique(table.slice(600, 700).column("item_id").to_numpy())
     ids, times = sync.dirty.drain()
@@ -189,9 +168,9 @@ def test_a_sync_whose_dirty_items_were_all_evicted_publishes_nothing_then_the_ev
     sync._evicted.clear()  # ...without their evictions reaching this sync
     assert not sync.catalogue.contains(touched).any()
     sync.dirty.restore(ids, times)
-    skipped = _job(sync)
+    skipped = run_sync_job(sync)
     assert not skipped.published and sync.skipped["sync"] == 1
     sync._evicted.extend(evictions + [touched])  # the evictions arrive with the next handoff
-    removed = _job(sync)
+    removed = run_sync_job(sync)
     assert removed.published and removed.items_removed > 0
     assert not np.isin(touched, sync.index.current.item_ids).any()

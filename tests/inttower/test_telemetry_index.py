@@ -2,46 +2,30 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
-import torch
-
-from index_sync.config import IndexSyncConfig
-from index_sync.sync import IndexSync
 from inttower.telemetry import Telemetry
-from model.build import build_model
-from model.config import ModelConfig
-from model.features import FeatureEncoder
 from monitoring.config import MonitoringConfig
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
-
-SMALL = ModelConfig(hidden=(16, 8), embedding_dim=4, heads=2, head_dim=4)
-
-
-def _job(sync: IndexSync, full: bool = False) -> None:
-    threading.Thread(target=lambda: (time.sleep(0.1), sync.serve_handoff()), daemon=True).start()
-    assert sync.run_job(full=full) is not None
+from tests.index_sync.sync_jobs import run_sync_job, small_sync
 
 
 def test_skipped_syncs_are_counted_and_the_last_sync_moves_while_publishes_stop():
-    torch.manual_seed(0)
-    sync = IndexSync(IndexSyncConfig(enabled=True, handoff_timeout_s=30.0), build_model(SMALL).eval(),
-                     FeatureEncoder(SMALL.features))
+    sync = small_sync()
     telemetry = Telemetry(MonitoringConfig(port=0), ["inttower"])
     value = telemetry.metrics.registry.get_sample_value
     telemetry.on_index(sync)
     assert value("inttower_index_last_sync_timestamp_seconds") == 0.0  # no job yet: the alert's `> 0` leaves it out
     assert value("inttower_index_syncs_skipped_total", {"kind": "sync"}) == 0.0  # the series exists from the start
     sync.observe(generate_synthetic_log(SyntheticLogConfig(events=500, seed=2)))
-    _job(sync)
+    run_sync_job(sync)
     telemetry.on_index(sync)
     published = value("inttower_index_last_publish_timestamp_seconds")
     first_sync = value("inttower_index_last_sync_timestamp_seconds")
     assert published > 0 and first_sync > 0 and value("inttower_index_version") == 1
     time.sleep(0.01)
-    _job(sync)
-    _job(sync)
+    run_sync_job(sync)
+    run_sync_job(sync)
     telemetry.on_index(sync)
     telemetry.on_index(sync)  # counted once, however often telemetry looks
     assert value("inttower_index_syncs_skipped_total", {"kind": "sync"}) == 2.0
