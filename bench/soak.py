@@ -74,7 +74,8 @@ MEMORY_RE = re.compile(
     r"memory at (?P<events>\d+) events: rss (?P<rss>[\d.]+) MiB(?: \(anon (?P<anon>[\d.]+)\))?"
     r"(?:, malloc in use (?P<in_use>[\d.]+) / free (?P<free>[\d.]+) / arenas (?P<arenas>[\d.]+) MiB)?"
     r", arrow \((?P<arrow_backend>\w+)\) (?P<arrow>[\d.]+) MiB(?:, python blocks (?P<blocks>[\d,]+))?"
-    r"(?:, python traced (?P<traced>[\d.]+) MiB)?; sizes: (?P<sizes>.*)$")
+    r"(?:, python traced (?P<traced>[\d.]+) MiB)?(?:; trimmed [\d.]+ MiB in \d+ trims(?: \([\d.]+ s\))?)?"
+    r"; sizes: (?P<sizes>.*)$")
 #: The layers of a memory report, as (MEMORY_RE group, label); all in MiB but the block count.
 MEMORY_LAYERS = (("rss", "RSS"), ("anon", "RSS anonymous"), ("in_use", "malloc in use"), ("free", "malloc free"),
                  ("arenas", "malloc arenas"), ("arrow", "Arrow pool"), ("traced", "Python traced"), ("blocks", "Python blocks"))

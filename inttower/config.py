@@ -95,6 +95,14 @@ class DaemonConfig:
     # `[feedback] mode` (`malloc_mmap_threshold`).
     malloc_arena_max: int = field(default=2, metadata={"ge": 0})
     malloc_mmap_threshold_bytes: int = field(default=-1, metadata={"ge": -1, "le": 32 * 2**20})
+    # Every this many seconds, hand glibc's free heap pages back to the system
+    # (`malloc_trim(0)`); 0: never. Off by default: measured in joined mode (README "Memory
+    # over weeks"), the free chunks are reused within seconds, so trimming faults them
+    # back in and neither lowers RSS nor its slope. Useful after a burst that will not recur.
+    malloc_trim_every_s: float = field(default=0.0, metadata={"ge": 0.0})
+    # Debug: each memory report also writes glibc's malloc_info XML (every arena's free
+    # chunks by size) to <dir>/malloc-<report number>-events-<events>.xml.
+    malloc_info_dir: str | None = None
     # Debug: each rank appends a sha256 of its parameters after every step to
     # <dir>/digests-rank<r>.txt (multi-worker tests check the replicas stay identical).
     parameter_digest_dir: str | None = None

@@ -14,6 +14,7 @@ metrics; every rank reads its own fixed share of the partitions.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -54,7 +55,7 @@ from model.config import CS3Config
 from model.device import resolve_device
 from model.features import FeatureEncoder, event_schema
 from model.online import OnlineTrainer, StepResult
-from monitoring.memory import TracedGrowth, read_memory, tune_malloc
+from monitoring.memory import PeriodicTrim, TracedGrowth, read_memory, tune_malloc, write_malloc_info
 from monitoring.streaming import RollingAUC, RollingLogLoss
 from stream.consumer import Batch, ClickStreamConsumer
 from stream.dead_letter import DeadLetterWriter
@@ -159,6 +160,8 @@ class TrainingDaemon:
         self._last_batch_at = 0.0
         self._last_memory_report = time.monotonic()
         self._traced_growth = TracedGrowth()
+        self._trim = PeriodicTrim(config.daemon.malloc_trim_every_s, time.monotonic())
+        self._malloc_infos = 0
 
     def _slot(self, name: str) -> ModelSlot:
         torch.manual_seed(self.config.train.seed)
@@ -529,6 +532,7 @@ class TrainingDaemon:
             self.checkpoint()
         if self.primary and now - self._last_status >= daemon.status_every_s:
             self._status(agreement.lag, now)
+        self._trim.maybe_trim(now)
         if daemon.memory_report_every_s and now - self._last_memory_report >= daemon.memory_report_every_s:
             self._memory_report()
             self._last_memory_report = now
@@ -561,7 +565,13 @@ class TrainingDaemon:
     def _memory_report(self) -> None:
         """Where memory is (see `monitoring.memory`): one log line, plus Python's growth by line when tracing."""
         sizes = ", ".join(f"{name} {n:,}" for name, n in self.bounded_sizes().items())
-        log.info("memory at %d events: %s; sizes: %s", self.events, read_memory().line(), sizes)
+        trimmed = f"; {self._trim.line()}" if self._trim.trims else ""
+        log.info("memory at %d events: %s%s; sizes: %s", self.events, read_memory().line(), trimmed, sizes)
+        info_dir = self.config.daemon.malloc_info_dir
+        if info_dir:
+            os.makedirs(info_dir, exist_ok=True)
+            self._malloc_infos += 1
+            write_malloc_info(os.path.join(info_dir, f"malloc-{self._malloc_infos:06d}-events-{self.events}.xml"))
         grown = self._traced_growth.top()
         if grown:
             log.info("python allocations grown since the first memory report:\n  %s", "\n  ".join(grown))

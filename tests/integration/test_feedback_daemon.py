@@ -20,6 +20,7 @@ from inttower.daemon import TrainingDaemon
 from model.audit import TrainedEventLog
 from model.config import ModelConfig, TrainConfig
 from monitoring.config import MonitoringConfig
+from monitoring.memory import malloc_info
 from stream.broker import create_topic
 from stream.codec import JSON_HEADERS, encode_json_event
 from stream.config import FeedbackConfig, StreamConfig
@@ -73,7 +74,7 @@ def _app(stream: StreamConfig, tmp_path: Path, feedback: FeedbackConfig, **daemo
 
 
 def test_impressions_and_clicks_train_once_with_their_windowed_labels_and_bad_clicks_are_dead_lettered(
-    broker, stream_config, tmp_path,
+    broker, stream_config, tmp_path, caplog,
 ):
     _topics(broker)
     table = _feedback_log(3000, seed=1)
@@ -95,15 +96,22 @@ def test_impressions_and_clicks_train_once_with_their_windowed_labels_and_bad_cl
     expected = _expected(rest, fnw=False) + Counter({f"{first['event_id']}\t1": 1, f"labelled-1\t{labelled['label']}": 1})
     app = _app(stream, tmp_path, FeedbackConfig(mode="joined", label_window_s=WINDOW_S, click_horizon_s=HORIZON_S,
                                                 late_click_policy="drop"),
-               stop_after_events=sum(expected.values()))
+               stop_after_events=sum(expected.values()),
+               # The heap housekeeping runs and reports: trims, and malloc_info beside each memory report.
+               malloc_trim_every_s=0.2, memory_report_every_s=0.5, malloc_info_dir=str(tmp_path / "malloc"))
     steps: list[int] = []
 
     class StepSizes:
         def on_batch(self, table, results):
             steps.append(table.num_rows)
 
-    summary = _run(app, observers=[StepSizes()])
+    with caplog.at_level("INFO", logger="inttower.daemon"):
+        summary = _run(app, observers=[StepSizes()])
     assert Counter(TrainedEventLog.read(tmp_path / "trained.txt")) == expected
+    reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory at ")]
+    assert any(" trims (" in line for line in reports), reports
+    if malloc_info() is not None:  # glibc
+        assert len(list((tmp_path / "malloc").glob("malloc-*.xml"))) == len(reports) >= 1
     # The closing watermark releases the last window's ~6,000 impressions at once: they train in steps of 128.
     assert max(steps) == 128 and sum(steps) == sum(expected.values())
     assert summary.dead_lettered == {"unknown_impression": 1, "missing_field": 1}

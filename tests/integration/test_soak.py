@@ -14,7 +14,7 @@ import numpy as np
 
 from bench.soak import (MEMORY_RE, PRESETS, Sample, SoakResult, SoakSettings, save_result, event_count, fit_growth, fit_slope,
                         layer_slopes, load_result, main, medians_by_million, run_soak)
-from monitoring.memory import MallocInfo, MemoryReading
+from monitoring.memory import MallocInfo, MemoryReading, PeriodicTrim
 
 
 def _sample(events: int, rss: float) -> Sample:
@@ -59,6 +59,9 @@ def test_memory_report_line_is_parsed_by_layer() -> None:
     reading = MemoryReading(900 * 2**20, 700 * 2**20, MallocInfo(500 * 2**20, 10 * 2**20, 300 * 2**20, 210 * 2**20, 0),
                             3 * 2**20, "mimalloc", 40 * 2**20, 123_456)
     line = f"12:00:00 inttower.daemon memory at 1234 events: {reading.line()}; sizes: history points (x) 3"
+    trimmed = PeriodicTrim(every_s=1.0, now=0.0)
+    trimmed.maybe_trim(now=1.0)
+    assert MEMORY_RE.search(line.replace("; sizes:", f"; {trimmed.line()}; sizes:"))["sizes"] == "history points (x) 3"
     found = MEMORY_RE.search(line)
     assert found is not None
     assert float(found["rss"]) == 900.0 and float(found["anon"]) == 700.0 and float(found["in_use"]) == 300.0 and float(found["free"]) == 210.0

@@ -5,12 +5,21 @@ from __future__ import annotations
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
+from xml.etree import ElementTree
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
-from monitoring.memory import MIB, TracedGrowth, malloc_info, malloc_trim, read_memory
+from monitoring.memory import (
+    MIB,
+    PeriodicTrim,
+    TracedGrowth,
+    malloc_info,
+    malloc_trim,
+    read_memory,
+    write_malloc_info,
+)
 
 pytestmark = pytest.mark.skipif(malloc_info() is None, reason="needs glibc >= 2.33 (mallinfo2)")
 
@@ -98,3 +107,48 @@ def test_a_fixed_mmap_threshold_sends_big_blocks_to_mmap_where_glibc_would_use_t
                           check=True)
     grew = int(done.stdout.strip())
     assert (grew >= 4 * MIB) == mapped, (mode, grew)
+
+
+_HOLES_PROBE = """
+import ctypes
+from monitoring.memory import MIB, PeriodicTrim, resident_bytes, tune_malloc
+assert tune_malloc(arena_max=2, mmap_threshold_bytes=8 * MIB)  # 1 MiB blocks from the heap, as in the daemon
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+blocks = []
+for _ in range(300):  # ~1 MiB blocks from the top of the heap, every page touched
+    block = libc.malloc(MIB - 4096)
+    ctypes.memset(block, 1, MIB - 4096)
+    blocks.append(block)
+for block in blocks[::2]:  # every other one freed: holes between live blocks, what joined mode's heap holds
+    libc.free(block)
+trim = PeriodicTrim(every_s=60.0, now=0.0)
+assert not trim.maybe_trim(now=30.0) and trim.trims == 0 and trim.line() == ""
+held = resident_bytes()[0]
+assert trim.maybe_trim(now=60.0)
+print(held - resident_bytes()[0], trim.returned_bytes, trim.line())
+"""
+
+
+def test_a_periodic_trim_returns_free_holes_between_live_blocks_to_the_system() -> None:
+    """Freed ~1 MiB blocks between live ones stay resident until `malloc_trim` (the shape of joined mode's free heap)."""
+    done = subprocess.run([sys.executable, "-c", _HOLES_PROBE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    dropped, returned, line = done.stdout.split(maxsplit=2)
+    assert int(dropped) >= 120 * MIB and int(returned) >= 120 * MIB, done.stdout
+    assert line.startswith("trimmed ") and " in 1 trims (" in line
+
+
+def test_an_interval_of_zero_never_trims() -> None:
+    trim = PeriodicTrim(every_s=0.0, now=0.0)
+    assert not trim.maybe_trim(now=1e9) and trim.trims == 0
+
+
+def test_malloc_info_xml_lists_every_arenas_free_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "malloc.xml"
+    assert write_malloc_info(str(path))
+    root = ElementTree.parse(path).getroot()
+    assert root.tag == "malloc" and root.findall("heap") and root.find("heap/sizes") is not None
+    assert not write_malloc_info(str(tmp_path / "missing-dir" / "malloc.xml"))
