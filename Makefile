@@ -12,16 +12,20 @@ STAMP := $(VENV)/.installed
 setup: system-packages $(STAMP)
 
 # Prometheus and promtool (Debian package `prometheus`): a real server in the integration
-# tests and the alert-rule checks. Installed when run as root and missing; otherwise one
-# line says how (the tests that need them then skip, and fail under CI).
+# tests and the alert-rule checks. jemalloc (`libjemalloc2`): the trainer's allocator where
+# installed ([daemon] allocator, README "Memory over weeks"). Installed when run as root and
+# missing; otherwise one line says how (the tests that need them then skip, and fail under CI).
 system-packages:
-	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	@missing=""; \
+	if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then missing=" prometheus"; fi; \
+	if ! /sbin/ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then missing="$$missing libjemalloc2"; fi; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "make setup: installing the Debian package prometheus (Prometheus + promtool, for the tests)"; \
+	    echo "make setup: installing the Debian packages$$missing (for the tests and the trainer)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
+	    apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "make setup: Prometheus/promtool missing; their tests will skip. Install: sudo apt-get install -y prometheus"; \
+	    echo "make setup: missing$$missing; their tests will skip. Install: sudo apt-get install -y$$missing"; \
 	  fi; \
 	fi
 

@@ -72,7 +72,7 @@ STOPPED_RE = re.compile(r"^stopped after (\d+) events")
 # inttower/daemon.py's memory report (monitoring/memory.py `MemoryReading.line`).
 MEMORY_RE = re.compile(
     r"memory at (?P<events>\d+) events: rss (?P<rss>[\d.]+) MiB(?: \(anon (?P<anon>[\d.]+)\))?"
-    r"(?:, malloc in use (?P<in_use>[\d.]+) / free (?P<free>[\d.]+) / arenas (?P<arenas>[\d.]+) MiB)?"
+    r"(?:, malloc(?: \((?P<allocator>\w+)\))? in use (?P<in_use>[\d.]+) / free (?P<free>[\d.]+) / arenas (?P<arenas>[\d.]+) MiB)?"
     r", arrow \((?P<arrow_backend>\w+)\) (?P<arrow>[\d.]+) MiB(?:, python blocks (?P<blocks>[\d,]+))?"
     r"(?:, python traced (?P<traced>[\d.]+) MiB)?(?:; trimmed [\d.]+ MiB in \d+ trims(?: \([\d.]+ s\))?)?"
     r"; sizes: (?P<sizes>.*)$")
@@ -263,7 +263,7 @@ class DaemonLog:
                     self.traced_growth = []
                 if (m := MEMORY_RE.search(line)) is not None:
                     self.memory.append({k: float(v.replace(",", "")) for k, v in m.groupdict().items()
-                                        if v is not None and k not in ("sizes", "arrow_backend")})
+                                        if v is not None and k not in ("sizes", "arrow_backend", "allocator")})
                     self.sizes = m.group("sizes")
                 elif (m := STATUS_RE.search(line)) is not None:
                     self.events, self.lag = int(m.group(1)), int(m.group(2))

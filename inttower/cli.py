@@ -82,10 +82,14 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from inttower.allocator import use_configured_allocator
+
+    config = _config(args.config)
+    # First thing: a re-execution under jemalloc starts the process over.
+    use_configured_allocator(config.daemon.allocator, config.daemon.allocator_library, args.own_process)
     from inttower.daemon import TrainingDaemon
     from inttower.distributed import coordinator_from_env
 
-    config = _config(args.config)
     if args.init_from:
         config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, init_from=args.init_from))
     stop = threading.Event()
@@ -290,6 +294,8 @@ def configure_logging(verbose: bool) -> None:
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
     if not verbose:
+        # Which C allocator runs the trainer: in the memory reports ("malloc (jemalloc) ..."); the start-up lines on -v.
+        logging.getLogger("inttower.allocator").setLevel(logging.WARNING)
         logging.getLogger("kafka").setLevel(logging.ERROR)
         logging.getLogger("kafka.conn").setLevel(logging.CRITICAL)
         logging.getLogger("kafka.client").setLevel(logging.CRITICAL)  # "No node available", retries
@@ -301,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stream.broker import BrokerUnavailableError
 
     args = build_parser().parse_args(argv)
+    args.own_process = argv is None  # the command line's own process (`train` may re-execute it)
     configure_logging(args.verbose)
     try:
         args.run(args)

@@ -89,6 +89,12 @@ class DaemonConfig:
     # A log line on where memory is (RSS, glibc heap in use / free, Arrow's pool, Python's
     # traced bytes under PYTHONTRACEMALLOC) and the size of every bounded structure; 0: never.
     memory_report_every_s: float = field(default=600.0, metadata={"ge": 0.0})
+    # The C allocator (inttower.allocator; README "Memory over weeks"): "auto" runs `inttower
+    # train` on jemalloc where it is installed (re-executed with it in LD_PRELOAD) and on
+    # glibc, tuned as below, where not; "jemalloc" insists; "glibc" never preloads.
+    # allocator_library: the jemalloc library's path, when the dynamic linker does not find it.
+    allocator: Literal["auto", "jemalloc", "glibc"] = "auto"
+    allocator_library: str | None = None
     # glibc's allocator (monitoring.memory.tune_malloc; README "Memory over weeks"): at
     # most this many malloc arenas, and a fixed mmap threshold so big, rare buffers go to
     # mmap and are returned on free. 0 leaves glibc's default; a threshold of -1 picks by

@@ -17,6 +17,7 @@ import ctypes.util
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -57,23 +58,67 @@ def _libc() -> ctypes.CDLL | None:
 
 @dataclass(frozen=True)
 class MallocInfo:
-    """glibc's heap, over every arena: what the program holds and what the allocator keeps."""
+    """The C heap, over every arena: what the program holds and what the allocator keeps.
+
+    Field notes are glibc's; under jemalloc (`jemalloc_info`) the same questions have
+    its answers: in use = ``stats.allocated``, free = ``stats.resident`` less that,
+    arenas = ``stats.mapped``, releasable = dirty pages (``resident - active``).
+    """
 
     heap_bytes: int  # obtained with brk/mmap for arenas (mallinfo2.arena)
     mmapped_bytes: int  # large blocks mapped one by one (hblkhd); returned to the system on free
     in_use_bytes: int  # allocated and not yet freed, arenas plus mapped blocks (uordblks + hblkhd)
     free_bytes: int  # freed but kept by the allocator in its arenas (fordblks)
     releasable_bytes: int  # free at the top of the main heap, returnable by malloc_trim (keepcost)
+    allocator: str = "glibc"
 
 
 def malloc_info() -> MallocInfo | None:
-    """glibc's ``mallinfo2()``; None where the C library is not glibc >= 2.33."""
+    """The C heap of whichever allocator serves malloc here: jemalloc when preloaded, else glibc's ``mallinfo2()``.
+
+    None where neither can be read (a C library other than glibc >= 2.33).
+    """
+    jemalloc = jemalloc_info()
+    if jemalloc is not None:
+        return jemalloc
     libc = _libc()
     if libc is None:
         return None
     info = libc.mallinfo2()
     return MallocInfo(int(info.arena), int(info.hblkhd), int(info.uordblks + info.hblkhd), int(info.fordblks),
                       int(info.keepcost))
+
+
+@cache
+def _mallctl() -> Callable[..., int] | None:
+    """jemalloc's ``mallctl`` when jemalloc is this process's malloc (`inttower.allocator`); None otherwise."""
+    try:
+        mallctl = ctypes.CDLL(None).mallctl
+    except (OSError, AttributeError):
+        return None
+    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                        ctypes.c_size_t]
+    mallctl.restype = ctypes.c_int
+    return mallctl
+
+
+def jemalloc_info() -> MallocInfo | None:
+    """jemalloc's own totals (its statistics, refreshed first); None when jemalloc is not preloaded."""
+    mallctl = _mallctl()
+    if mallctl is None:
+        return None
+    epoch = ctypes.c_uint64(1)
+    size = ctypes.c_size_t(ctypes.sizeof(epoch))
+    if mallctl(b"epoch", ctypes.byref(epoch), ctypes.byref(size), ctypes.byref(epoch), ctypes.sizeof(epoch)):
+        return None
+    stats = {}
+    for name in ("allocated", "active", "resident", "mapped"):
+        value, size = ctypes.c_size_t(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+        if mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0):
+            return None  # built without statistics
+        stats[name] = int(value.value)
+    return MallocInfo(stats["mapped"], 0, stats["allocated"], max(stats["resident"] - stats["allocated"], 0),
+                      max(stats["resident"] - stats["active"], 0), "jemalloc")
 
 
 def malloc_trim() -> bool:
@@ -200,7 +245,8 @@ class MemoryReading:
         parts = [f"rss {self.rss_bytes / MIB:.1f} MiB (anon {self.anon_bytes / MIB:.1f})"]
         if self.malloc is not None:
             m = self.malloc
-            parts.append(f"malloc in use {m.in_use_bytes / MIB:.1f} / free {m.free_bytes / MIB:.1f} / "
+            named = "" if m.allocator == "glibc" else f" ({m.allocator})"
+            parts.append(f"malloc{named} in use {m.in_use_bytes / MIB:.1f} / free {m.free_bytes / MIB:.1f} / "
                          f"arenas {m.heap_bytes / MIB:.1f} MiB")
         parts.append(f"arrow ({self.arrow_backend}) {self.arrow_bytes / MIB:.1f} MiB")
         parts.append(f"python blocks {self.python_blocks:,}")

@@ -67,6 +67,10 @@ def test_memory_report_line_is_parsed_by_layer() -> None:
     assert float(found["rss"]) == 900.0 and float(found["anon"]) == 700.0 and float(found["in_use"]) == 300.0 and float(found["free"]) == 210.0
     assert float(found["arrow"]) == 3.0 and float(found["traced"]) == 40.0 and found["sizes"] == "history points (x) 3"
     assert found["blocks"] == "123,456"
+    jemalloc = MemoryReading(900 * 2**20, 700 * 2**20, MallocInfo(400 * 2**20, 0, 250 * 2**20, 20 * 2**20, 0, "jemalloc"),
+                             3 * 2**20, "mimalloc", None, 5)
+    found = MEMORY_RE.search(f"memory at 9 events: {jemalloc.line()}; sizes: none")
+    assert "malloc (jemalloc) in use" in jemalloc.line() and float(found["free"]) == 20.0 and found["allocator"] == "jemalloc"
     reports = [{"events": float(e), "rss": 900.0 + e / 1e6, "in_use": 300.0} for e in range(0, 5_000_001, 500_000)]
     slopes = layer_slopes(reports, warmup_events=0)
     assert slopes["RSS"].slope == pytest.approx(1.0) and slopes["malloc in use"].slope == pytest.approx(0.0, abs=1e-9)

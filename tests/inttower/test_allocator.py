@@ -1,0 +1,108 @@
+"""`inttower train` runs on jemalloc where it is installed: the plan, and the real re-execution."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inttower.allocator import REEXEC_MARK, find_jemalloc, loaded_allocator, plan, use_configured_allocator
+from inttower.errors import UserError
+from stream.broker import free_port
+from tests.conftest import REPO_ROOT
+
+JEMALLOC = find_jemalloc(None)
+needs_jemalloc = pytest.mark.skipif(JEMALLOC is None, reason="needs jemalloc: apt install libjemalloc2")
+
+
+def test_plan_preloads_jemalloc_once_and_keeps_other_preloads():
+    decided = plan("auto", "/lib/libjemalloc.so.2", "glibc", {"LD_PRELOAD": "/lib/other.so", "PATH": "/bin"})
+    assert decided.env == {"LD_PRELOAD": "/lib/libjemalloc.so.2:/lib/other.so", "PATH": "/bin", REEXEC_MARK: "1"}
+    # Re-executed and loaded: run on. Asked for glibc: never preload.
+    assert plan("auto", "/lib/libjemalloc.so.2", "jemalloc", decided.env).env is None
+    assert plan("glibc", "/lib/libjemalloc.so.2", "glibc", {}).env is None
+
+
+def test_plan_without_jemalloc_runs_on_glibc_under_auto_and_is_one_clear_error_when_insisted_on():
+    decided = plan("auto", None, "glibc", {})
+    assert decided.env is None and "apt install libjemalloc2" in decided.reason
+    with pytest.raises(UserError, match="libjemalloc.so.2 not found.*apt install libjemalloc2"):
+        plan("jemalloc", None, "glibc", {})
+    # A preload that did not take is not retried (no exec loop).
+    failed = {REEXEC_MARK: "1", "LD_PRELOAD": "/lib/broken.so"}
+    assert plan("auto", "/lib/broken.so", "glibc", failed).env is None
+    with pytest.raises(UserError, match="did not load jemalloc"):
+        plan("jemalloc", "/lib/broken.so", "glibc", failed)
+
+
+def test_a_configured_library_must_exist(tmp_path):
+    with pytest.raises(UserError, match="allocator_library .*nowhere.so: no such file"):
+        find_jemalloc(str(tmp_path / "nowhere.so"))
+
+
+def test_loaded_allocator_reads_the_process_maps(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text("7f0-7f1 r-xp 0 fe:00 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert loaded_allocator(str(maps)) == "glibc"
+    maps.write_text(maps.read_text() + "7f2-7f3 r-xp 0 fe:00 2 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n")
+    assert loaded_allocator(str(maps)) == "jemalloc"
+    assert loaded_allocator(str(tmp_path / "missing")) == "glibc"
+
+
+@needs_jemalloc
+def test_in_someone_elses_process_it_never_restarts(monkeypatch):
+    """`inttower.cli.main([...])` inside another program: "auto" runs on; "jemalloc" says how to preload."""
+    monkeypatch.delenv(REEXEC_MARK, raising=False)
+    use_configured_allocator("auto", None, may_restart=False)  # returns: this pytest process goes on
+    with pytest.raises(UserError, match="cannot restart itself; start it with LD_PRELOAD=.*jemalloc"):
+        use_configured_allocator("jemalloc", None, may_restart=False)
+
+
+def _train_unreachable(tmp_path: Path, daemon_lines: str) -> subprocess.CompletedProcess:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[stream]\nbootstrap_servers = ["127.0.0.1:{free_port()}"]\nstartup_timeout_s = 1.0\n'
+                      f'[daemon]\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n{daemon_lines}\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", REEXEC_MARK)}
+    return subprocess.run([sys.executable, "-m", "inttower.cli", "--verbose", "train", "--config", str(config)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env)
+
+
+@needs_jemalloc
+def test_train_reexecutes_itself_under_jemalloc(tmp_path):
+    result = _train_unreachable(tmp_path, 'allocator = "jemalloc"')
+    assert result.returncode == 3, result.stderr  # got as far as the broker: the preloaded process ran on
+    assert "restarting this process with it preloaded" in result.stderr
+    assert "allocator jemalloc (preloaded)" in result.stderr
+    assert result.stderr.count("restarting this process") == 1
+
+
+def test_train_on_glibc_does_not_reexecute(tmp_path):
+    result = _train_unreachable(tmp_path, 'allocator = "glibc"')
+    assert result.returncode == 3, result.stderr
+    assert "restarting" not in result.stderr and "allocator glibc ([daemon] allocator)" in result.stderr
+
+
+def test_a_missing_library_is_one_line(tmp_path):
+    result = _train_unreachable(tmp_path, f'allocator = "jemalloc"\nallocator_library = "{tmp_path / "no.so"}"')
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("inttower: error: [daemon] allocator_library")
+
+
+@needs_jemalloc
+def test_jemalloc_heap_is_read_from_its_own_statistics():
+    """Under jemalloc the memory report's malloc layer is jemalloc's (glibc's arenas sit unused)."""
+    script = """
+from monitoring.memory import MIB, read_memory
+before = read_memory()
+block = bytearray(64 * MIB)
+after = read_memory()
+assert before.malloc.allocator == "jemalloc", before.malloc
+assert after.malloc.in_use_bytes - before.malloc.in_use_bytes >= 60 * MIB, (before.malloc, after.malloc)
+print(after.line())
+"""
+    env = {**os.environ, "LD_PRELOAD": JEMALLOC}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "malloc (jemalloc) in use" in result.stdout
