@@ -107,7 +107,8 @@ class DaemonConfig:
     # back in and neither lowers RSS nor its slope. Useful after a burst that will not recur.
     malloc_trim_every_s: float = field(default=0.0, metadata={"ge": 0.0})
     # Debug: each memory report also writes glibc's malloc_info XML (every arena's free
-    # chunks by size) to <dir>/malloc-<report number>-events-<events>.xml.
+    # chunks by size) to <dir>/malloc-<report number>-events-<events>.xml (glibc only:
+    # nothing under jemalloc, whose totals are in the report line).
     malloc_info_dir: str | None = None
     # Debug: each rank appends a sha256 of its parameters after every step to
     # <dir>/digests-rank<r>.txt (multi-worker tests check the replicas stay identical).

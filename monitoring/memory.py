@@ -133,9 +133,10 @@ def write_malloc_info(path: str) -> bool:
     ``mallinfo2`` says how much is free; this says where and in what sizes, which tells a
     heap that trimming would shrink (free chunks of many pages) from one fragmented into
     holes smaller than a page (which only a different allocation pattern shrinks).
+    Under jemalloc glibc's arenas sit unused, so nothing is written.
     """
     libc = _libc()
-    if libc is None:
+    if libc is None or _mallctl() is not None:
         return False
     stream = libc.fopen(path.encode(), b"w")
     if not stream:
