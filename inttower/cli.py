@@ -86,7 +86,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     config = _config(args.config)
     # First thing: a re-execution under jemalloc starts the process over.
-    use_configured_allocator(config.daemon.allocator, config.daemon.allocator_library, args.own_process)
+    use_configured_allocator(config.daemon.allocator, config.daemon.allocator_library, config.feedback.joined,
+                             args.own_process)
     from inttower.daemon import TrainingDaemon
     from inttower.distributed import coordinator_from_env
 

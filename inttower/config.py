@@ -90,8 +90,9 @@ class DaemonConfig:
     # traced bytes under PYTHONTRACEMALLOC) and the size of every bounded structure; 0: never.
     memory_report_every_s: float = field(default=600.0, metadata={"ge": 0.0})
     # The C allocator (inttower.allocator; README "Memory over weeks"): "auto" runs `inttower
-    # train` on jemalloc where it is installed (re-executed with it in LD_PRELOAD) and on
-    # glibc, tuned as below, where not; "jemalloc" insists; "glibc" never preloads.
+    # train` in joined-feedback mode on jemalloc where it is installed (re-executed with it
+    # in LD_PRELOAD), and otherwise on glibc tuned as below; "jemalloc" insists (either
+    # mode); "glibc" never preloads.
     # allocator_library: the jemalloc library's path, when the dynamic linker does not find it.
     allocator: Literal["auto", "jemalloc", "glibc"] = "auto"
     allocator_library: str | None = None

@@ -24,6 +24,13 @@ def test_plan_preloads_jemalloc_once_and_keeps_other_preloads():
     assert plan("glibc", "/lib/libjemalloc.so.2", "glibc", {}).env is None
 
 
+def test_auto_preloads_for_joined_feedback_only_and_jemalloc_insists_in_either_mode():
+    labelled = plan("auto", "/lib/libjemalloc.so.2", "glibc", {}, joined=False)
+    assert labelled.env is None and "labelled events" in labelled.reason
+    assert plan("jemalloc", "/lib/libjemalloc.so.2", "glibc", {}, joined=False).env is not None
+    assert plan("auto", "/lib/libjemalloc.so.2", "glibc", {}, joined=True).env is not None
+
+
 def test_plan_without_jemalloc_runs_on_glibc_under_auto_and_is_one_clear_error_when_insisted_on():
     decided = plan("auto", None, "glibc", {})
     assert decided.env is None and "apt install libjemalloc2" in decided.reason
@@ -54,15 +61,15 @@ def test_loaded_allocator_reads_the_process_maps(tmp_path):
 def test_in_someone_elses_process_it_never_restarts(monkeypatch):
     """`inttower.cli.main([...])` inside another program: "auto" runs on; "jemalloc" says how to preload."""
     monkeypatch.delenv(REEXEC_MARK, raising=False)
-    use_configured_allocator("auto", None, may_restart=False)  # returns: this pytest process goes on
+    use_configured_allocator("auto", None, joined=True, may_restart=False)  # returns: this pytest process goes on
     with pytest.raises(UserError, match="cannot restart itself; start it with LD_PRELOAD=.*jemalloc"):
-        use_configured_allocator("jemalloc", None, may_restart=False)
+        use_configured_allocator("jemalloc", None, joined=False, may_restart=False)
 
 
-def _train_unreachable(tmp_path: Path, daemon_lines: str) -> subprocess.CompletedProcess:
+def _train_unreachable(tmp_path: Path, daemon_lines: str, more: str = "") -> subprocess.CompletedProcess:
     config = tmp_path / "c.toml"
     config.write_text(f'[stream]\nbootstrap_servers = ["127.0.0.1:{free_port()}"]\nstartup_timeout_s = 1.0\n'
-                      f'[daemon]\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n{daemon_lines}\n')
+                      f'[daemon]\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n{daemon_lines}\n{more}')
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", REEXEC_MARK)}
     return subprocess.run([sys.executable, "-m", "inttower.cli", "--verbose", "train", "--config", str(config)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env)
@@ -75,6 +82,14 @@ def test_train_reexecutes_itself_under_jemalloc(tmp_path):
     assert "restarting this process with it preloaded" in result.stderr
     assert "allocator jemalloc (preloaded)" in result.stderr
     assert result.stderr.count("restarting this process") == 1
+
+
+@needs_jemalloc
+def test_auto_reexecutes_in_joined_mode_and_not_for_labelled_events(tmp_path):
+    joined = _train_unreachable(tmp_path, "", '[feedback]\nmode = "joined"\n')
+    assert joined.returncode == 3 and "allocator jemalloc (preloaded)" in joined.stderr, joined.stderr
+    labelled = _train_unreachable(tmp_path, "")
+    assert labelled.returncode == 3 and "allocator glibc (auto, labelled events)" in labelled.stderr, labelled.stderr
 
 
 def test_train_on_glibc_does_not_reexecute(tmp_path):
