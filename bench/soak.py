@@ -409,6 +409,17 @@ def medians_by_million(samples: list[Sample], step: int = 1_000_000) -> list[tup
     return [(end, float(np.median(values))) for end, values in sorted(buckets.items())]
 
 
+def baseline_slope(samples: list[Sample], warmup_events: int, step: int = 1_000_000) -> Slope | None:
+    """The slope of the median RSS per ``step`` events, over buckets wholly after warm-up.
+
+    Reported beside the verdict, never instead of it: checkpoints lift RSS for a few
+    samples (up to +150 MiB) and those spikes dominate the all-samples fit's interval; a
+    bucket's median is the level between them, so this says whether the baseline moves.
+    """
+    kept = [(end, mib) for end, mib in medians_by_million(samples, step) if end - step >= warmup_events]
+    return fit_slope(np.array([end for end, _ in kept]) / 1e6, np.array([mib for _, mib in kept])) if kept else None
+
+
 def layer_slopes(reports: list[dict[str, float]], warmup_events: int) -> dict[str, Slope]:
     """Slope of every memory layer (`MEMORY_LAYERS`) over the daemon's memory reports after warm-up."""
     kept = [r for r in reports if r["events"] >= warmup_events]
@@ -550,6 +561,10 @@ def _report(result: SoakResult, write: bool = True) -> None:
           f"(warm-up = first {s.warmup_fraction:.0%} of events)")
     print(f"slope: {_fmt(fit.slope_mib_per_m, '+.2f')} MiB per 1M events; growth after warm-up: "
           f"{_fmt(fit.growth_mib, '+.1f')} MiB observed (first to last sample), {_fmt(fit.fitted_growth_mib, '+.1f')} MiB fitted")
+    baseline = baseline_slope(result.samples, fit.warmup_events)
+    if baseline is not None:
+        print(f"baseline (median RSS per 1M events, buckets after warm-up; spike-robust, not the verdict's fit): "
+              f"{baseline.text()}")
     slopes = layer_slopes(result.memory, fit.warmup_events)
     if slopes:
         print(f"by layer, from the daemon's {len(result.memory)} memory reports after warm-up "

@@ -12,7 +12,8 @@ import pytest
 
 import numpy as np
 
-from bench.soak import (MEMORY_RE, PRESETS, Sample, SoakResult, SoakSettings, save_result, event_count, fit_growth, fit_slope,
+from bench.soak import (MEMORY_RE, PRESETS, Sample, SoakResult, SoakSettings, baseline_slope, save_result, event_count,
+                        fit_growth, fit_slope,
                         layer_slopes, load_result, main, medians_by_million, run_soak)
 from monitoring.memory import MallocInfo, MemoryReading, PeriodicTrim
 
@@ -74,6 +75,18 @@ def test_memory_report_line_is_parsed_by_layer() -> None:
     reports = [{"events": float(e), "rss": 900.0 + e / 1e6, "in_use": 300.0} for e in range(0, 5_000_001, 500_000)]
     slopes = layer_slopes(reports, warmup_events=0)
     assert slopes["RSS"].slope == pytest.approx(1.0) and slopes["malloc in use"].slope == pytest.approx(0.0, abs=1e-9)
+
+
+def test_baseline_slope_reads_the_level_between_checkpoint_spikes_and_still_sees_growth() -> None:
+    """Spikes (one sample in ten, +150 MiB, more of them late) tilt the all-samples fit, not the medians'."""
+    events = range(100_000, 12_000_001, 50_000)
+    spiky = [_sample(e, 900.0 + (150.0 if i % (10 if e < 6_000_000 else 5) == 0 else 0.0)) for i, e in enumerate(events)]
+    assert fit_growth(spiky, 12_000_000, 0.2, 2.0).slope_mib_per_m > 1.0  # the spikes alone look like growth
+    flat = baseline_slope(spiky, warmup_events=2_400_000)
+    assert flat is not None and abs(flat.slope) < 0.1 and flat.points == 9
+    growing = [_sample(e, x.rss_mib + 3.0 * e / 1e6) for e, x in zip(events, spiky)]
+    grown = baseline_slope(growing, warmup_events=2_400_000)
+    assert grown is not None and grown.low > 2.5 and grown.high < 3.5
 
 
 def test_a_saved_run_is_refitted_with_a_later_warmup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
