@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from inttower.errors import UserError
+from monitoring.memory import loaded_allocator
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,6 @@ Allocator = Literal["auto", "jemalloc", "glibc"]
 REEXEC_MARK = "INTTOWER_ALLOCATOR_PRELOADED"
 JEMALLOC_SONAME = "libjemalloc.so.2"
 INSTALL_HINT = "Debian/Ubuntu: apt install libjemalloc2; Fedora/RHEL: dnf install jemalloc"
-
-
-def loaded_allocator(maps: str = "/proc/self/maps") -> str:
-    """"jemalloc" when a jemalloc library is mapped into this process, else "glibc"."""
-    try:
-        with open(maps, encoding="utf-8", errors="replace") as lines:
-            return "jemalloc" if any("libjemalloc" in line for line in lines) else "glibc"
-    except OSError:
-        return "glibc"
 
 
 def find_jemalloc(library: str | None) -> str | None:
@@ -53,10 +45,11 @@ def find_jemalloc(library: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Plan:
-    """What to do at start: re-execute with ``env`` (None: run on as we are), and why."""
+    """What to do at start: re-execute with ``env`` (None: run on as we are), and why (``warn``: loudly)."""
 
     env: dict[str, str] | None
     reason: str
+    warn: bool = False
 
 
 def plan(choice: Allocator, library: str | None, loaded: str, env: Mapping[str, str], joined: bool = True) -> Plan:
@@ -77,13 +70,15 @@ def plan(choice: Allocator, library: str | None, loaded: str, env: Mapping[str, 
         why = f"preloading {env.get('LD_PRELOAD', '')!r} did not load jemalloc"
         if choice == "jemalloc":
             raise UserError(f"[daemon] allocator = \"jemalloc\": {why}")
-        return Plan(None, f"allocator glibc: {why}")
+        return Plan(None, f"allocator glibc: {why}", warn=True)
+    if choice == "auto" and env.get("LD_PRELOAD"):  # the user's own preloads (a sanitizer, another allocator)
+        return Plan(None, f"allocator left to LD_PRELOAD={env['LD_PRELOAD']} (allocator = \"jemalloc\" adds it after)")
     if library is None:
         if choice == "jemalloc":
             raise UserError(f"[daemon] allocator = \"jemalloc\": {JEMALLOC_SONAME} not found ({INSTALL_HINT}; "
                             "or set [daemon] allocator_library to its path)")
         return Plan(None, f"allocator glibc: jemalloc not found ({INSTALL_HINT} for flatter memory over weeks)")
-    preload = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
+    preload = ":".join(p for p in (env.get("LD_PRELOAD", ""), library) if p)  # after any other: ASan must come first
     return Plan({**env, "LD_PRELOAD": preload, REEXEC_MARK: "1"}, f"allocator jemalloc ({library})")
 
 
@@ -96,10 +91,10 @@ def use_configured_allocator(choice: Allocator, library: str | None, joined: boo
     Logged on ``--verbose`` (`inttower.cli.configure_logging`); the memory reports name
     the allocator in use ("malloc (jemalloc) in use ...").
     """
-    found = find_jemalloc(library) if choice != "glibc" else None
-    decided = plan(choice, found, loaded_allocator(), os.environ, joined)
+    wanted = choice == "jemalloc" or (choice == "auto" and joined)
+    decided = plan(choice, find_jemalloc(library) if wanted else None, loaded_allocator(), os.environ, joined)
     if decided.env is None:
-        log.info(decided.reason)
+        log.log(logging.WARNING if decided.warn else logging.INFO, decided.reason)
         return
     if not may_restart:
         if choice == "jemalloc":

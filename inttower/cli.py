@@ -304,11 +304,26 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "job skipped: still running" is expected
 
 
+def launched_as_command(orig_argv: Sequence[str] | None = None) -> bool:
+    """This process is ``inttower ...`` or ``python -m inttower.cli ...``, not a program that calls `main`."""
+    args = iter(list(sys.orig_argv if orig_argv is None else orig_argv)[1:])
+    for arg in args:  # the interpreter's options, up to the module or script they run
+        if arg.startswith("-m"):
+            return (arg[2:] or next(args, "")) == "inttower.cli"
+        if arg.startswith("-c"):
+            return False
+        if arg in ("-X", "-W"):
+            next(args, None)
+        elif not arg.startswith("-"):
+            return Path(arg).name == "inttower"
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from stream.broker import BrokerUnavailableError
 
     args = build_parser().parse_args(argv)
-    args.own_process = argv is None  # the command line's own process (`train` may re-execute it)
+    args.own_process = argv is None and launched_as_command()  # `train` may re-execute it
     configure_logging(args.verbose)
     try:
         args.run(args)

@@ -86,24 +86,24 @@ class DaemonConfig:
     # At most this many history points per model: beyond, every other point is dropped and
     # the spacing doubles, so weeks of running keep a bounded history of the whole run.
     history_max_points: int = field(default=2_000, metadata={"ge": 2})
-    # A log line on where memory is (RSS, glibc heap in use / free, Arrow's pool, Python's
+    # A log line on where memory is (RSS, the C heap in use / free, Arrow's pool, Python's
     # traced bytes under PYTHONTRACEMALLOC) and the size of every bounded structure; 0: never.
     memory_report_every_s: float = field(default=600.0, metadata={"ge": 0.0})
     # The C allocator (inttower.allocator; README "Memory over weeks"): "auto" runs `inttower
     # train` in joined-feedback mode on jemalloc where it is installed (re-executed with it
     # in LD_PRELOAD), and otherwise on glibc tuned as below; "jemalloc" insists (either
-    # mode); "glibc" never preloads.
+    # mode); "glibc" never preloads. "auto" leaves alone a process whose LD_PRELOAD is already set.
     # allocator_library: the jemalloc library's path, when the dynamic linker does not find it.
     allocator: Literal["auto", "jemalloc", "glibc"] = "auto"
     allocator_library: str | None = None
-    # glibc's allocator (monitoring.memory.tune_malloc; README "Memory over weeks"): at
-    # most this many malloc arenas, and a fixed mmap threshold so big, rare buffers go to
-    # mmap and are returned on free. 0 leaves glibc's default; a threshold of -1 picks by
-    # `[feedback] mode` (`malloc_mmap_threshold`).
+    # glibc's allocator (monitoring.memory.tune_malloc; README "Memory over weeks"; ignored
+    # under jemalloc): at most this many malloc arenas, and a fixed mmap threshold so big,
+    # rare buffers go to mmap and are returned on free. 0 leaves glibc's default; a
+    # threshold of -1 picks by `[feedback] mode` (`malloc_mmap_threshold`).
     malloc_arena_max: int = field(default=2, metadata={"ge": 0})
     malloc_mmap_threshold_bytes: int = field(default=-1, metadata={"ge": -1, "le": 32 * 2**20})
     # Every this many seconds, hand glibc's free heap pages back to the system
-    # (`malloc_trim(0)`); 0: never. Off by default: measured in joined mode (README "Memory
+    # (`malloc_trim(0)`; glibc only); 0: never. Off by default: measured in joined mode (README "Memory
     # over weeks"), the free chunks are reused within seconds, so trimming faults them
     # back in and neither lowers RSS nor its slope. Useful after a burst that will not recur.
     malloc_trim_every_s: float = field(default=0.0, metadata={"ge": 0.0})

@@ -89,9 +89,25 @@ def malloc_info() -> MallocInfo | None:
                       int(info.keepcost))
 
 
+def loaded_allocator(maps: str = "/proc/self/maps") -> str:
+    """"jemalloc" when a jemalloc library is mapped into this process (preloaded: it serves malloc), else "glibc"."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as lines:
+            return "jemalloc" if any("libjemalloc" in line for line in lines) else "glibc"
+    except OSError:
+        return "glibc"
+
+
 @cache
 def _mallctl() -> Callable[..., int] | None:
-    """jemalloc's ``mallctl`` when jemalloc is this process's malloc (`inttower.allocator`); None otherwise."""
+    """jemalloc's ``mallctl`` when jemalloc is this process's malloc (`inttower.allocator`); None otherwise.
+
+    Mapped and exporting ``mallctl``: a library that merely defines the symbol (loaded
+    after glibc's malloc was bound) must not make the reports read the wrong heap.
+    Cached: an allocator is fixed when the process starts.
+    """
+    if loaded_allocator() != "jemalloc":
+        return None
     try:
         mallctl = ctypes.CDLL(None).mallctl
     except (OSError, AttributeError):
@@ -118,13 +134,14 @@ def jemalloc_info() -> MallocInfo | None:
             return None  # built without statistics
         stats[name] = int(value.value)
     return MallocInfo(stats["mapped"], 0, stats["allocated"], max(stats["resident"] - stats["allocated"], 0),
-                      max(stats["resident"] - stats["active"], 0), "jemalloc")
+                      max(stats["resident"] - stats["active"], 0), "jemalloc")  # dirty pages and metadata
 
 
 def malloc_trim() -> bool:
-    """Return free heap pages to the system (glibc ``malloc_trim(0)``); False where unavailable or nothing freed."""
+    """Return free heap pages to the system (glibc ``malloc_trim(0)``); False where unavailable, under jemalloc
+    (which returns pages on its own timer) or nothing freed."""
     libc = _libc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False
+    return bool(libc.malloc_trim(0)) if libc is not None and _mallctl() is None else False
 
 
 def write_malloc_info(path: str) -> bool:
@@ -198,10 +215,10 @@ def tune_malloc(arena_max: int, mmap_threshold_bytes: int) -> bool:
     per-step blocks (gradients of the hashed tables: ~6 MiB) keeps steps on the heap
     (an mmap per step halves the step rate) and sends the big, rare ones to mmap, which
     returns them on free. Call it early: arenas made before keep existing.
-    False where the C library is not glibc.
+    False where the C library is not glibc, or jemalloc serves malloc (nothing to tune).
     """
     libc = _libc()
-    if libc is None:
+    if libc is None or _mallctl() is not None:
         return False
     ok = True
     if arena_max:

@@ -7,21 +7,49 @@ from pathlib import Path
 
 import pytest
 
-from inttower.allocator import REEXEC_MARK, find_jemalloc, loaded_allocator, plan, use_configured_allocator
+from inttower.allocator import REEXEC_MARK, find_jemalloc, plan, use_configured_allocator
+from inttower.cli import launched_as_command
 from inttower.errors import UserError
+from monitoring.memory import loaded_allocator
 from stream.broker import free_port
 from tests.conftest import REPO_ROOT
 
-JEMALLOC = find_jemalloc(None)
-needs_jemalloc = pytest.mark.skipif(JEMALLOC is None, reason="needs jemalloc: apt install libjemalloc2")
 
 
-def test_plan_preloads_jemalloc_once_and_keeps_other_preloads():
-    decided = plan("auto", "/lib/libjemalloc.so.2", "glibc", {"LD_PRELOAD": "/lib/other.so", "PATH": "/bin"})
-    assert decided.env == {"LD_PRELOAD": "/lib/libjemalloc.so.2:/lib/other.so", "PATH": "/bin", REEXEC_MARK: "1"}
+@pytest.fixture
+def jemalloc() -> str:
+    """The installed jemalloc; CI must have it (`make setup` installs libjemalloc2)."""
+    found = find_jemalloc(None)
+    if found is None:
+        message = "jemalloc not found (apt install libjemalloc2)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must have it")
+        pytest.skip(message)
+    return found
+
+
+def test_plan_preloads_jemalloc_once_after_other_preloads():
+    decided = plan("auto", "/lib/libjemalloc.so.2", "glibc", {"PATH": "/bin"})
+    assert decided.env == {"LD_PRELOAD": "/lib/libjemalloc.so.2", "PATH": "/bin", REEXEC_MARK: "1"}
     # Re-executed and loaded: run on. Asked for glibc: never preload.
     assert plan("auto", "/lib/libjemalloc.so.2", "jemalloc", decided.env).env is None
     assert plan("glibc", "/lib/libjemalloc.so.2", "glibc", {}).env is None
+    # The user's own preloads (a sanitizer that must come first, another allocator): "auto" leaves
+    # them alone, "jemalloc" comes after them.
+    theirs = {"LD_PRELOAD": "/lib/libasan.so.8"}
+    assert plan("auto", "/lib/libjemalloc.so.2", "glibc", theirs).env is None
+    insisted = plan("jemalloc", "/lib/libjemalloc.so.2", "glibc", theirs).env
+    assert insisted["LD_PRELOAD"] == "/lib/libasan.so.8:/lib/libjemalloc.so.2"
+
+
+def test_only_the_command_line_process_restarts_itself():
+    assert launched_as_command(["/venv/bin/python", "-m", "inttower.cli", "train"])
+    assert launched_as_command(["/venv/bin/python", "-X", "faulthandler", "-u", "/venv/bin/inttower", "train"])
+    assert launched_as_command(["python", "-u", "-minttower.cli", "train"])
+    assert launched_as_command(["/venv/bin/python", "/venv/bin/inttower", "train"])
+    assert not launched_as_command(["/venv/bin/python", "-m", "pytest", "tests"])
+    assert not launched_as_command(["/usr/bin/python3", "wrapper.py", "train"])
+    assert not launched_as_command(["python", "-c", "import inttower.cli; inttower.cli.main()"])
 
 
 def test_auto_preloads_for_joined_feedback_only_and_jemalloc_insists_in_either_mode():
@@ -38,7 +66,8 @@ def test_plan_without_jemalloc_runs_on_glibc_under_auto_and_is_one_clear_error_w
         plan("jemalloc", None, "glibc", {})
     # A preload that did not take is not retried (no exec loop).
     failed = {REEXEC_MARK: "1", "LD_PRELOAD": "/lib/broken.so"}
-    assert plan("auto", "/lib/broken.so", "glibc", failed).env is None
+    fallback = plan("auto", "/lib/broken.so", "glibc", failed)
+    assert fallback.env is None and fallback.warn
     with pytest.raises(UserError, match="did not load jemalloc"):
         plan("jemalloc", "/lib/broken.so", "glibc", failed)
 
@@ -57,10 +86,11 @@ def test_loaded_allocator_reads_the_process_maps(tmp_path):
     assert loaded_allocator(str(tmp_path / "missing")) == "glibc"
 
 
-@needs_jemalloc
-def test_in_someone_elses_process_it_never_restarts(monkeypatch):
+def test_in_someone_elses_process_it_never_restarts(monkeypatch, jemalloc):
     """`inttower.cli.main([...])` inside another program: "auto" runs on; "jemalloc" says how to preload."""
     monkeypatch.delenv(REEXEC_MARK, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr("inttower.allocator.loaded_allocator", lambda: "glibc")
     use_configured_allocator("auto", None, joined=True, may_restart=False)  # returns: this pytest process goes on
     with pytest.raises(UserError, match="cannot restart itself; start it with LD_PRELOAD=.*jemalloc"):
         use_configured_allocator("jemalloc", None, joined=False, may_restart=False)
@@ -75,8 +105,7 @@ def _train_unreachable(tmp_path: Path, daemon_lines: str, more: str = "") -> sub
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env)
 
 
-@needs_jemalloc
-def test_train_reexecutes_itself_under_jemalloc(tmp_path):
+def test_train_reexecutes_itself_under_jemalloc(tmp_path, jemalloc):
     result = _train_unreachable(tmp_path, 'allocator = "jemalloc"')
     assert result.returncode == 3, result.stderr  # got as far as the broker: the preloaded process ran on
     assert "restarting this process with it preloaded" in result.stderr
@@ -84,8 +113,7 @@ def test_train_reexecutes_itself_under_jemalloc(tmp_path):
     assert result.stderr.count("restarting this process") == 1
 
 
-@needs_jemalloc
-def test_auto_reexecutes_in_joined_mode_and_not_for_labelled_events(tmp_path):
+def test_auto_reexecutes_in_joined_mode_and_not_for_labelled_events(tmp_path, jemalloc):
     joined = _train_unreachable(tmp_path, "", '[feedback]\nmode = "joined"\n')
     assert joined.returncode == 3 and "allocator jemalloc (preloaded)" in joined.stderr, joined.stderr
     labelled = _train_unreachable(tmp_path, "")
@@ -104,8 +132,7 @@ def test_a_missing_library_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("inttower: error: [daemon] allocator_library")
 
 
-@needs_jemalloc
-def test_jemalloc_heap_is_read_from_its_own_statistics(tmp_path):
+def test_jemalloc_heap_is_read_from_its_own_statistics(tmp_path, jemalloc):
     """Under jemalloc the memory report's malloc layer is jemalloc's (glibc's arenas sit unused)."""
     script = """
 from monitoring.memory import MIB, read_memory, write_malloc_info
@@ -117,7 +144,7 @@ assert before.malloc.allocator == "jemalloc", before.malloc
 assert after.malloc.in_use_bytes - before.malloc.in_use_bytes >= 60 * MIB, (before.malloc, after.malloc)
 print(after.line())
 """
-    env = {**os.environ, "LD_PRELOAD": JEMALLOC}
+    env = {**os.environ, "LD_PRELOAD": jemalloc}
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120, env={**env, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0, result.stderr
