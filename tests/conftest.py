@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +28,14 @@ SYNTHETIC_EVENT_SCHEMA = EventSchema.of(
         ("price", "numeric", "item"),
     ]
 )
+
+
+def missing_system_package(message: str) -> NoReturn:
+    """Skip a test whose system package is missing; fail it under CI, where `make setup` installs it."""
+    __tracebackhide__ = True  # report the test that needs the package, not this line
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must have it")
+    pytest.skip(message)
 
 
 def make_synthetic_like_table(rows: int, seed: int = 0) -> pa.Table:

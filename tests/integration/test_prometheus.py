@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -29,6 +28,7 @@ from stream.replay import replay
 from serving.app import ServingService
 from serving.config import ServingConfig
 from stream.synthetic import SyntheticLogConfig, generate_synthetic_log
+from tests.conftest import missing_system_package
 from tests.monitoring.promql_expressions import alert_signals, dashboard_expressions
 from tests.serving.service_thread import ServiceThread
 
@@ -55,10 +55,8 @@ def _values(result: list) -> list[float]:
 def prometheus(tmp_path: Path):
     """Start Prometheus on a free port; ``start(target)`` writes its config and launches it."""
     if PROMETHEUS is None:
-        message = "prometheus not found on PATH (`make setup` installs it as root; otherwise: sudo apt-get install -y prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must have it")
-        pytest.skip(message)
+        missing_system_package(
+            "prometheus not found on PATH (`make setup` installs it as root; otherwise: sudo apt-get install -y prometheus)")
     processes = []
 
     def start(target: str, serving_target: str | None = None) -> int:

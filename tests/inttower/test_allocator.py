@@ -12,7 +12,7 @@ from inttower.cli import launched_as_command
 from inttower.errors import UserError
 from monitoring.memory import loaded_allocator
 from stream.broker import free_port
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, missing_system_package
 
 
 
@@ -21,10 +21,7 @@ def jemalloc() -> str:
     """The installed jemalloc; CI must have it (`make setup` installs libjemalloc2)."""
     found = find_jemalloc(None)
     if found is None:
-        message = "jemalloc not found (apt install libjemalloc2)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must have it")
-        pytest.skip(message)
+        missing_system_package("jemalloc not found (apt install libjemalloc2)")
     return found
 
 

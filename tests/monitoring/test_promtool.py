@@ -6,7 +6,6 @@ installs it, so there a missing promtool fails; elsewhere these tests skip.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing_system_package
 from tests.monitoring.promql_expressions import (
     ALERTS_FILE,
     DOCKER_DIR,
@@ -30,10 +30,7 @@ TIMEOUT_S = 60
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        message = "promtool not found on PATH (install the Debian package `prometheus`: apt-get install -y prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must have it")
-        pytest.skip(message)
+        missing_system_package("promtool not found on PATH (install the Debian package `prometheus`: apt-get install -y prometheus)")
     return path
 
 
