@@ -118,6 +118,11 @@ def _mallctl() -> Callable[..., int] | None:
     return mallctl
 
 
+def _glibc_heap() -> ctypes.CDLL | None:
+    """glibc, when its malloc serves this process: its heap calls (trim, tuning, malloc_info) mean something."""
+    return _libc() if _mallctl() is None else None
+
+
 def jemalloc_info() -> MallocInfo | None:
     """jemalloc's own totals (its statistics, refreshed first); None when jemalloc is not preloaded."""
     mallctl = _mallctl()
@@ -140,8 +145,8 @@ def jemalloc_info() -> MallocInfo | None:
 def malloc_trim() -> bool:
     """Return free heap pages to the system (glibc ``malloc_trim(0)``); False where unavailable, under jemalloc
     (which returns pages on its own timer) or nothing freed."""
-    libc = _libc()
-    return bool(libc.malloc_trim(0)) if libc is not None and _mallctl() is None else False
+    libc = _glibc_heap()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 def write_malloc_info(path: str) -> bool:
@@ -152,8 +157,8 @@ def write_malloc_info(path: str) -> bool:
     holes smaller than a page (which only a different allocation pattern shrinks).
     Under jemalloc glibc's arenas sit unused, so nothing is written.
     """
-    libc = _libc()
-    if libc is None or _mallctl() is not None:
+    libc = _glibc_heap()
+    if libc is None:
         return False
     stream = libc.fopen(path.encode(), b"w")
     if not stream:
@@ -217,8 +222,8 @@ def tune_malloc(arena_max: int, mmap_threshold_bytes: int) -> bool:
     returns them on free. Call it early: arenas made before keep existing.
     False where the C library is not glibc, or jemalloc serves malloc (nothing to tune).
     """
-    libc = _libc()
-    if libc is None or _mallctl() is not None:
+    libc = _glibc_heap()
+    if libc is None:
         return False
     ok = True
     if arena_max:
